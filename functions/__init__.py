@@ -1,0 +1,1 @@
+"""Tierflow's entrypoints: event handlers (one module each), the CLI and the worker."""

@@ -1,0 +1,1 @@
+"""Tierflow's domain, persistence, storage and runtime plumbing, shared by every function."""

@@ -1,0 +1,83 @@
+"""All of Tierflow's settings, in one place: the only code that reads the environment.
+
+With nothing set, Tierflow runs on the embedded default: its state lives under TIERFLOW_HOME
+(an embedded PostgreSQL and a local S3 server over a directory). Setting TIERFLOW_DATABASE_URL or
+TIERFLOW_S3_ENDPOINT_URL switches that part to a real server; S3 credentials then come from the
+standard AWS chain (AWS_ACCESS_KEY_ID, AWS_PROFILE, instance roles, ...).
+"""
+
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import InvalidInput
+
+
+class Settings(BaseSettings):
+    """Tierflow configuration, read from TIERFLOW_* environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="TIERFLOW_", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".tierflow"),
+        description="Directory holding the embedded stack's data (database, media, credentials).",
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL URL (postgresql://user:password@host:5432/db); unset: embedded PostgreSQL.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="S3 API endpoint (LocalStack, AWS, any S3 server); unset: embedded rclone S3 server.",
+    )
+    s3_bucket: str = Field(
+        default="tierflow-media",
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        description="Bucket that holds every media file (an S3 bucket name: 3-63 lowercase letters, digits, '.', '-').",
+    )
+    aws_region: str = Field(default="us-east-1", description="AWS region for S3 and other AWS APIs.")
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def embedded_s3(self) -> bool:
+        return self.s3_endpoint_url is None
+
+    def masked(self) -> dict[str, str | None]:
+        """Every setting as text, secrets masked, for `tierflow config show`."""
+        url = self.database_url.get_secret_value() if self.database_url else None
+        return {
+            "home": str(self.home.resolve()),
+            "database_url": mask_url(url) if url else "(embedded PostgreSQL under home)",
+            "s3_endpoint_url": self.s3_endpoint_url or "(embedded S3 server under home)",
+            "s3_bucket": self.s3_bucket,
+            "aws_region": self.aws_region,
+        }
+
+
+def mask_url(url: str) -> str:
+    """Hide the passwords of a URL: postgresql://app:****@db:5432/tierflow?password=****."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password:
+        netloc = f"{parts.username}:****@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    query = urlencode(
+        [(k, "****" if k == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+        safe="/:*",
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment; a bad value is one clear InvalidInput."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"TIERFLOW_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidInput(f"invalid configuration: {problems}") from None

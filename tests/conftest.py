@@ -1,0 +1,89 @@
+"""Shared fixtures: one real PostgreSQL (the embedded one, in a temporary home) per test session,
+a migrated template database, and a fresh copy of it for every test that needs a database."""
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from infra import embedded
+from shared import db
+
+TIERFLOW = str(Path(sys.executable).parent / "tierflow")
+TEMPLATE = "tierflow_template"
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """URL of the `tierflow` database on a PostgreSQL started for this test session."""
+    home = tmp_path_factory.mktemp("pg-home")
+    url = embedded.postgres_url(home)
+    yield url
+    embedded.stop(home)
+
+
+def _database_url(server_url: str, name: str) -> str:
+    return make_conninfo(server_url, dbname=name)
+
+
+@pytest.fixture(scope="session")
+def template_database(postgres_server):
+    """A database with every migration applied, copied for each test (much faster than migrating)."""
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
+        admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
+    with db.connect(_database_url(postgres_server, TEMPLATE)) as conn:
+        db.migrate(conn)
+    return TEMPLATE
+
+
+def _create_database(server_url: str, template: str = "template0") -> str:
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    return name
+
+
+def _drop_database(server_url: str, name: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(postgres_server, template_database):
+    """URL of a fresh, fully migrated database, dropped after the test."""
+    name = _create_database(postgres_server, template_database)
+    yield _database_url(postgres_server, name)
+    _drop_database(postgres_server, name)
+
+
+@pytest.fixture
+def empty_database_url(postgres_server):
+    """URL of a fresh database with no schema at all, dropped after the test."""
+    name = _create_database(postgres_server)
+    yield _database_url(postgres_server, name)
+    _drop_database(postgres_server, name)
+
+
+@pytest.fixture
+def conn(database_url):
+    with db.connect(database_url) as connection:
+        yield connection
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Run the installed `tierflow` command; returns the CompletedProcess (text mode)."""
+
+    def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")}
+        full_env["TIERFLOW_HOME"] = str(tmp_path / "home")
+        full_env.update(env or {})
+        return subprocess.run([TIERFLOW, *args], env=full_env, capture_output=True, text=True, timeout=120)
+
+    return run
