@@ -12,10 +12,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from functions import cli_events
 from shared import db, tiers
 from shared.bootstrap import Deps
 from shared.config import load_settings
 from shared.dimensions import parse_aspect
+from events import InvalidEvent
 from shared.errors import TierflowError
 
 
@@ -320,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_command(stack_commands, "status", cmd_stack_status, "show the database and S3 servers in use")
     _add_command(stack_commands, "stop", cmd_stack_stop, "stop the embedded servers (data is kept)")
 
+    cli_events.register(commands, _add_command)
+
     config_parser = commands.add_parser("config", help="configuration")
     config_commands = config_parser.add_subparsers(dest="config_command", required=True, metavar="COMMAND", parser_class=_Parser)
     _add_command(config_commands, "show", cmd_config_show, "print every setting, secrets masked")
@@ -332,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         deps = Deps(load_settings())
         return args.run(deps, args)
-    except TierflowError as exc:
+    except (TierflowError, InvalidEvent) as exc:
         print(f"tierflow: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

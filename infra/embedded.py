@@ -83,9 +83,8 @@ def postgres_url(home: Path) -> str:
             # runs; after a stop, forget it so get_server starts the server again.
             pgserver.PostgresServer._instances.pop(pgdata, None)
         try:
-            # cleanup_mode=None: the server keeps running after this process exits.
-            server = pgserver.get_server(pgdata, cleanup_mode=None)
-            with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
+            uri = _start_postgres(pgdata)
+            with psycopg.connect(uri("postgres"), autocommit=True) as conn:
                 exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE_NAME]).fetchone()
                 if not exists:
                     conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
@@ -93,7 +92,25 @@ def postgres_url(home: Path) -> str:
             raise EmbeddedStackError(
                 f"could not start the embedded PostgreSQL in {pgdata}: {exc} (its log: {pgdata / 'log'})"
             ) from exc
-        return server.get_uri(DATABASE_NAME)
+        return uri(DATABASE_NAME)
+
+
+def _start_postgres(pgdata: Path):
+    """Start (or find) the server; returns a function from database name to URL."""
+    try:
+        # cleanup_mode=None: the server keeps running after this process exits.
+        return pgserver.get_server(pgdata, cleanup_mode=None).get_uri
+    except subprocess.TimeoutExpired:
+        # pgserver gives `pg_ctl start` 10 s; on a loaded machine the server can be up and
+        # ready when that runs out. Use it if so, and drop pgserver's half-made handle.
+        pgserver.PostgresServer._instances.pop(pgdata, None)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            info = PostmasterInfo.read_from_pgdata(pgdata)
+            if info is not None and info.is_running() and info.status == "ready":
+                return lambda database: info.get_uri(database=database)
+            time.sleep(0.2)
+        raise
 
 
 def _running_postmaster(home: Path) -> PostmasterInfo | None:

@@ -4,6 +4,9 @@ Embedded services start on first use only, so a command that needs just the data
 starts the S3 server (and never imports boto3: the CLI starts in half the time).
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cached_property
 
 import psycopg
@@ -12,13 +15,20 @@ from infra import embedded
 from shared import db
 from shared.config import Settings
 from shared.errors import ServiceUnavailable
+from shared.uow import UnitOfWork
+
+# The unit of work a consumer runtime opened for the event being handled: a handler's own
+# `deps.uow()` joins it, so its effects commit together with the record that it ran.
+_current_uow: ContextVar[UnitOfWork | None] = ContextVar("tierflow_current_uow", default=None)
 
 
 class Deps:
     """Connections and clients for one process, built lazily from `Settings`."""
 
-    def __init__(self, settings: Settings | None = None):
+    def __init__(self, settings: Settings | None = None, source: str = "urn:tierflow:cli"):
         self.settings = settings or Settings()
+        # CloudEvents `source` of the events this process emits.
+        self.source = source
 
     @cached_property
     def database_url(self) -> str:
@@ -46,6 +56,28 @@ class Deps:
         return conn
 
     _schema_checked = False
+
+    @contextmanager
+    def uow(self) -> Iterator[UnitOfWork]:
+        """A transaction for a state change and its events; commits when the block ends.
+
+        Inside a consumer runtime's transaction (see `joined_uow`) it joins that one instead.
+        """
+        current = _current_uow.get()
+        if current is not None:
+            yield current
+            return
+        with self.connect() as conn, conn.transaction():
+            yield UnitOfWork(conn, self.source)
+
+    @contextmanager
+    def joined_uow(self, uow: UnitOfWork) -> Iterator[None]:
+        """Make `deps.uow()` in this block (this thread) use `uow`."""
+        token = _current_uow.set(uow)
+        try:
+            yield
+        finally:
+            _current_uow.reset(token)
 
     @cached_property
     def s3(self):

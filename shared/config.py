@@ -38,6 +38,13 @@ class Settings(BaseSettings):
         description="Bucket that holds every media file (an S3 bucket name: 3-63 lowercase letters, digits, '.', '-').",
     )
     aws_region: str = Field(default="us-east-1", description="AWS region for S3 and other AWS APIs.")
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="Kafka bootstrap servers (host:port,...); unset: the embedded bus over the Postgres outbox.",
+    )
+    kafka_partitions: int = Field(
+        default=4, ge=1, le=1000, description="Partitions of each event topic Tierflow creates."
+    )
 
     @property
     def embedded_database(self) -> bool:
@@ -46,6 +53,10 @@ class Settings(BaseSettings):
     @property
     def embedded_s3(self) -> bool:
         return self.s3_endpoint_url is None
+
+    @property
+    def embedded_bus(self) -> bool:
+        return self.kafka_bootstrap is None
 
     def masked(self) -> dict[str, str | None]:
         """Every setting as text, secrets masked, for `tierflow config show`."""
@@ -56,6 +67,8 @@ class Settings(BaseSettings):
             "s3_endpoint_url": self.s3_endpoint_url or "(embedded S3 server under home)",
             "s3_bucket": self.s3_bucket,
             "aws_region": self.aws_region,
+            "kafka_bootstrap": self.kafka_bootstrap or "(embedded bus over the PostgreSQL outbox)",
+            "kafka_partitions": str(self.kafka_partitions),
         }
 
 

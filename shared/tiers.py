@@ -194,7 +194,7 @@ def _translate_database_error(exc: psycopg.Error, name: str) -> Exception:
     if isinstance(exc, pg_errors.UniqueViolation) and constraint == "resolution_tiers_name_key":
         return Conflict(f"a tier named {name!r} already exists")
     if isinstance(exc, pg_errors.ForeignKeyViolation):
-        return Conflict(f"tier {name!r} is used by scenes and cannot be deleted")
+        return Conflict(f"tier {name!r} is in use (by scenes or a project's auto-upscale) and cannot be deleted")
     if constraint in ("resolution_tiers_require_default", "resolution_tiers_one_default"):
         return Conflict("there must be exactly one default tier; make another tier default instead")
     if isinstance(exc, (pg_errors.RestrictViolation, pg_errors.CheckViolation)):
@@ -353,6 +353,13 @@ def delete_tier(conn: psycopg.Connection, name: str) -> Tier:
                 raise Conflict(
                     f"tier {name!r} is used by {in_use} scene(s) and cannot be deleted; "
                     "delete those scenes or keep the tier"
+                )
+            policies = [r["name"] for r in conn.execute(
+                "SELECT name FROM projects WHERE auto_upscale_to_tier_id = %s ORDER BY name", [tier.id])]
+            if policies:
+                raise Conflict(
+                    f"tier {name!r} is the auto-upscale target of project(s) {', '.join(policies)}; "
+                    "change their auto_upscale_to first"
                 )
             conn.execute("DELETE FROM resolution_tiers WHERE id = %s", [tier.id])
     except psycopg.Error as exc:

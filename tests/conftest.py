@@ -87,3 +87,51 @@ def run_cli(tmp_path):
         return subprocess.run([TIERFLOW, *args], env=full_env, capture_output=True, text=True, timeout=120)
 
     return run
+
+
+@pytest.fixture
+def deps(database_url, tmp_path):
+    """Deps on the test's database (embedded bus: no Kafka configured)."""
+    from shared.bootstrap import Deps
+    from shared.config import Settings
+
+    return Deps(Settings(database_url=database_url, home=tmp_path / "home"))
+
+
+def make_scene(conn, *, status: str = "generated", tier: str = "draft", project: str = "studio",
+               auto_upscale_to: str | None = None, scene_id: int | None = None) -> int:
+    """A scene row in the given state (the generation pipeline is not needed to test events)."""
+    project_id = conn.execute(
+        """INSERT INTO projects (name, auto_upscale_to_tier_id)
+           VALUES (%s, (SELECT id FROM resolution_tiers WHERE name = %s))
+           ON CONFLICT (name) DO UPDATE SET auto_upscale_to_tier_id = EXCLUDED.auto_upscale_to_tier_id
+           RETURNING id""",
+        [project, auto_upscale_to],
+    ).fetchone()["id"]
+    columns = "project_id, name, aspect_width, aspect_height, status, resolution_tier_id"
+    values = "%s, 'scene', 16, 9, %s, (SELECT id FROM resolution_tiers WHERE name = %s)"
+    params = [project_id, status, tier]
+    if scene_id is not None:
+        columns, values, params = "id, " + columns, "%s, " + values, [scene_id, *params]
+    if status == "approved":
+        columns, values = columns + ", approved_at", values + ", now()"
+    return conn.execute(f"INSERT INTO scenes ({columns}) VALUES ({values}) RETURNING id", params).fetchone()["id"]
+
+
+@pytest.fixture
+def kafka_bootstrap(tmp_path_factory):
+    """A real single-node Kafka broker (KRaft) for one test: topics and offsets start empty."""
+    from infra.kafka import start_broker
+
+    with start_broker(tmp_path_factory.mktemp("kafka"), partitions=4) as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture
+def kafka_deps(database_url, kafka_bootstrap, tmp_path):
+    """Deps on the test's database with Kafka configured."""
+    from shared.bootstrap import Deps
+    from shared.config import Settings
+
+    return Deps(Settings(database_url=database_url, home=tmp_path / "home", kafka_bootstrap=kafka_bootstrap,
+                         kafka_partitions=4))

@@ -1,0 +1,7 @@
+"""Every deployed event handler, by consumer name: what `tierflow consume`, the embedded bus and
+the AWS template run."""
+
+from functions import on_scene_approved
+from shared.consumer import Function
+
+FUNCTIONS: dict[str, Function] = {f.name: f for f in (on_scene_approved.FUNCTION,)}

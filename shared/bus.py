@@ -1,0 +1,115 @@
+"""The embedded bus: the event runtime with no Kafka, built on the Postgres outbox.
+
+The relay hands every unsent outbox event to each function subscribed to its type (one
+`bus_deliveries` row per function) and marks it sent; a function applies its deliveries in
+outbox order and deletes them in the same transaction as its effects. Everything lives in
+Postgres, so a crash loses nothing: undeleted deliveries are simply applied on the next run,
+and `processed_events` makes that effectively-once. One process at a time serves a function
+(an advisory lock), which keeps events of one subject in order.
+"""
+
+import time
+from collections.abc import Callable, Sequence
+
+import psycopg
+
+from shared.consumer import Function, Message, Outcome, RetryPolicy, apply_batch
+
+RELAY_LOCK_KEY = 5_921_347_003  # any fixed number: one relay at a time keeps per-key order
+
+
+def relay_to_bus(conn: psycopg.Connection, functions: Sequence[Function], limit: int = 1000) -> int:
+    """Fan unsent outbox events out to the functions that take them; returns how many were relayed."""
+    consumers = [f.name for f in functions for _ in f.consumes]
+    topics = [t for f in functions for t in f.consumes]
+    with conn.transaction():
+        if not conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS ok", [RELAY_LOCK_KEY]).fetchone()["ok"]:
+            return 0  # another relay is running
+        ids = [r["id"] for r in conn.execute(
+            "SELECT id FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT %s", [limit]).fetchall()]
+        if not ids:
+            return 0
+        conn.execute(
+            """INSERT INTO bus_deliveries (consumer, outbox_id)
+               SELECT f.consumer, o.id
+               FROM outbox o JOIN unnest(%s::text[], %s::text[]) AS f(consumer, topic) ON f.topic = o.topic
+               WHERE o.id = ANY(%s)
+               ON CONFLICT DO NOTHING""",
+            [consumers, topics, ids],
+        )
+        conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY(%s)", [ids])
+    return len(ids)
+
+
+def consume_from_bus(
+    conn: psycopg.Connection, deps, function: Function, limit: int = 500, retry: RetryPolicy = RetryPolicy()
+) -> Outcome:
+    """Apply up to `limit` pending deliveries of `function`, oldest first, in one transaction."""
+    with conn.transaction():
+        locked = conn.execute(
+            "SELECT pg_try_advisory_xact_lock(hashtext('tierflow.bus.' || %s)) AS ok", [function.name]
+        ).fetchone()["ok"]
+        if not locked:
+            return Outcome()  # another process serves this function
+        rows = conn.execute(
+            """SELECT d.outbox_id, o.topic, o.message_key, o.payload::text AS payload
+               FROM bus_deliveries d JOIN outbox o ON o.id = d.outbox_id
+               WHERE d.consumer = %s ORDER BY d.outbox_id LIMIT %s""",
+            [function.name, limit],
+        ).fetchall()
+        if not rows:
+            return Outcome()
+        messages = [
+            Message(r["topic"], r["payload"].encode(), r["message_key"].encode(), outbox_id=r["outbox_id"]) for r in rows
+        ]
+        outcome = apply_batch(conn, deps, function, messages, retry)
+        for message, reason in outcome.dead:
+            conn.execute(
+                """INSERT INTO dead_letters (consumer, topic, message_key, payload, reason, outbox_id)
+                   VALUES (%s, %s, %s, %s, %s, %s)""",
+                [function.name, message.topic, message.key.decode(), message.value, reason, message.outbox_id],
+            )
+        conn.execute(
+            "DELETE FROM bus_deliveries WHERE consumer = %s AND outbox_id = ANY(%s)",
+            [function.name, [r["outbox_id"] for r in rows]],
+        )
+    return outcome
+
+
+def run_bus(
+    deps,
+    subscribers: Sequence[Function],
+    functions: Sequence[Function],
+    *,
+    should_stop: Callable[[], bool],
+    idle_seconds: float = 0.1,
+    on_outcome: Callable[[Function, Outcome], None] | None = None,
+) -> None:
+    """Relay to every subscriber and apply events to `functions` until `should_stop()`.
+
+    `subscribers` is every deployed function, not only those run here: an event relayed now
+    is relayed once, so a function served by another process must get its delivery too.
+    """
+    with deps.connect() as conn:
+        while not should_stop():
+            if not step(conn, deps, subscribers, functions, on_outcome):
+                time.sleep(idle_seconds)
+
+
+def drain(deps, subscribers: Sequence[Function], functions: Sequence[Function], on_outcome=None) -> None:
+    """Relay and apply until nothing is pending (events caused by events included)."""
+    with deps.connect() as conn:
+        while step(conn, deps, subscribers, functions, on_outcome):
+            pass
+
+
+def step(conn, deps, subscribers: Sequence[Function], functions: Sequence[Function], on_outcome=None) -> bool:
+    """One round: relay, then one batch per function. True when anything was done."""
+    busy = relay_to_bus(conn, subscribers) > 0
+    for function in functions:
+        outcome = consume_from_bus(conn, deps, function)
+        if outcome.applied or outcome.duplicates or outcome.dead:
+            busy = True
+            if on_outcome:
+                on_outcome(function, outcome)
+    return busy

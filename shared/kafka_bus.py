@@ -1,0 +1,180 @@
+"""The Kafka runtime: the outbox relay (idempotent producer) and one consumer group per function.
+
+Guarantees, and how:
+- per-key order: one relay at a time (advisory lock) publishes in outbox order with the
+  idempotent producer, which keeps order per partition across retries;
+- nothing lost: an outbox row is marked sent only after the broker acknowledged it; a consumer
+  commits offsets only after its Postgres transaction committed;
+- nothing doubled: a relay killed between publish and mark publishes again, a consumer killed
+  between its commit and the offset commit is redelivered, and `processed_events` turns both
+  into no-ops;
+- poison messages never block a partition: they go to `<topic>.dlq` with the reason and the
+  original bytes, and the offset moves on.
+"""
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import psycopg
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from events import ALL_TOPICS, dlq_topic
+from events.topics import DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER, dlq_headers
+from shared.bus import RELAY_LOCK_KEY
+from shared.consumer import Function, Message, Outcome, RetryPolicy, apply_batch
+
+log = logging.getLogger(__name__)
+
+# Besides the standard dead-letter headers (events.topics): which function gave up on it.
+DLQ_CONSUMER_HEADER = "dlq.consumer"
+
+
+def consumer_group(function_name: str) -> str:
+    return f"tierflow.{function_name}"
+
+
+def make_producer(bootstrap: str) -> KafkaProducer:
+    """An idempotent producer: retries never duplicate or reorder a partition's messages."""
+    return KafkaProducer(
+        bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=5, retries=10,
+        max_in_flight_requests_per_connection=5,
+    )
+
+
+def ensure_topics(bootstrap: str, partitions: int, topics: Sequence[str] | None = None) -> None:
+    """Create every event topic and its dead-letter topic unless they exist."""
+    names = list(topics or ALL_TOPICS)
+    names += [dlq_topic(t) for t in names]
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        missing = [n for n in names if n not in set(admin.list_topics())]
+        for name in missing:
+            try:
+                admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+            except TopicAlreadyExistsError:
+                pass  # created meanwhile by another process
+    finally:
+        admin.close()
+
+
+def relay_to_kafka(conn: psycopg.Connection, producer: KafkaProducer, limit: int = 1000, timeout: float = 30) -> int:
+    """Publish unsent outbox events in order and mark them sent; returns how many."""
+    with conn.transaction():
+        if not conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS ok", [RELAY_LOCK_KEY]).fetchone()["ok"]:
+            return 0  # another relay is running
+        rows = conn.execute(
+            "SELECT id, topic, message_key, payload::text AS payload FROM outbox "
+            "WHERE sent_at IS NULL ORDER BY id LIMIT %s",
+            [limit],
+        ).fetchall()
+        if not rows:
+            return 0
+        futures = [
+            producer.send(r["topic"], key=r["message_key"].encode(), value=r["payload"].encode()) for r in rows
+        ]
+        producer.flush(timeout=timeout)
+        for future in futures:
+            future.get(timeout=timeout)  # raises if the broker refused: nothing is marked sent
+        conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY(%s)", [[r["id"] for r in rows]])
+    return len(rows)
+
+
+def send_dead_letters(producer: KafkaProducer, consumer_name: str, dead: Sequence[tuple[Message, str]]) -> None:
+    """Publish each dead message to `<topic>.dlq` and wait for the acknowledgements."""
+    futures = [
+        producer.send(
+            dlq_topic(message.topic), key=message.key, value=message.value,
+            headers=[*dlq_headers(reason, topic=message.topic, partition=message.partition, offset=message.offset),
+                     (DLQ_CONSUMER_HEADER, consumer_name.encode())],
+        )
+        for message, reason in dead
+    ]
+    producer.flush()
+    for future in futures:
+        future.get(timeout=30)
+
+
+class KafkaFunctionRunner:
+    """Runs one function as a member of its consumer group."""
+
+    def __init__(self, deps, function: Function, bootstrap: str, producer: KafkaProducer,
+                 retry: RetryPolicy = RetryPolicy(), batch_size: int = 500):
+        self.deps = deps
+        self.function = function
+        self.producer = producer
+        self.retry = retry
+        self.consumer = KafkaConsumer(
+            *function.consumes,
+            bootstrap_servers=bootstrap,
+            group_id=consumer_group(function.name),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=batch_size,
+        )
+
+    def run(self, should_stop: Callable[[], bool], on_outcome: Callable[[Function, Outcome], None] | None = None):
+        """Poll, apply, dead-letter, commit offsets — until `should_stop()`; then leave the group."""
+        conn = self.deps.connect()
+        try:
+            while not should_stop():
+                batch = self.consumer.poll(timeout_ms=200)
+                if not batch:
+                    continue
+                try:
+                    outcome = self._apply(conn, batch)
+                except psycopg.OperationalError:
+                    log.exception("%s: database unreachable; retrying the batch", self.function.name)
+                    conn.close()
+                    time.sleep(1)
+                    conn = self.deps.connect()
+                    for partition, records in batch.items():
+                        self.consumer.seek(partition, records[0].offset)
+                    continue
+                if on_outcome:
+                    on_outcome(self.function, outcome)
+        finally:
+            conn.close()
+            self.consumer.close()
+
+    def _apply(self, conn, batch: dict[TopicPartition, list]) -> Outcome:
+        messages = [
+            Message(r.topic, r.value if r.value is not None else b"", r.key, partition=r.partition, offset=r.offset)
+            for records in batch.values() for r in records
+        ]
+        # 1. effects and processed_events, one transaction for the whole batch
+        with conn.transaction():
+            outcome = apply_batch(conn, self.deps, self.function, messages, self.retry)
+        # 2. dead letters, acknowledged by the broker before the offsets move past them
+        if outcome.dead:
+            send_dead_letters(self.producer, self.function.name, outcome.dead)
+        # 3. offsets: a crash before this line redelivers the batch, which dedupes
+        self.consumer.commit({
+            partition: OffsetAndMetadata(records[-1].offset + 1, "", -1) for partition, records in batch.items()
+        })
+        return outcome
+
+
+def decode_dead_letter(record) -> dict:
+    """A dead letter as `tierflow events dlq` shows it."""
+    headers = {k: v.decode(errors="replace") for k, v in (record.headers or [])}
+    return {
+        "topic": headers.get(DLQ_TOPIC_HEADER, record.topic.removesuffix(".dlq")),
+        "dlq": f"{record.topic}-{record.partition}-{record.offset}",
+        "consumer": headers.get(DLQ_CONSUMER_HEADER),
+        "origin": f"{headers.get(DLQ_TOPIC_HEADER)}-{headers.get(DLQ_PARTITION_HEADER)}-{headers.get(DLQ_OFFSET_HEADER)}",
+        "reason": headers.get(DLQ_REASON_HEADER),
+        "key": record.key.decode(errors="replace") if record.key else None,
+        "value": _readable(record.value),
+    }
+
+
+def _readable(value: bytes | None):
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return (value or b"").decode(errors="replace")

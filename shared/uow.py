@@ -1,0 +1,41 @@
+"""Unit of work: one Postgres transaction holding a state change and the events it causes.
+
+Events are not sent by handlers: `emit` writes them to the `outbox` table in the same
+transaction, and a relay publishes them after commit. So either the change and its events
+both happen, or neither does.
+"""
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from events import Event, envelope_for, topic_for
+
+
+class UnitOfWork:
+    """A transaction in progress: `conn` for reads and writes, `emit` for events."""
+
+    def __init__(self, conn: psycopg.Connection, source: str):
+        self.conn = conn
+        self.source = source
+
+    def emit(self, event: Event) -> str:
+        """Record `event` in the outbox of this transaction; returns its CloudEvents id."""
+        cloud_event = envelope_for(event, source=self.source)
+        self.conn.execute(
+            "INSERT INTO outbox (event_id, topic, message_key, payload) VALUES (%s, %s, %s, %s)",
+            [cloud_event.id, topic_for(event.type), cloud_event.subject,
+             Jsonb(cloud_event.model_dump(mode="json", exclude_none=True))],
+        )
+        return cloud_event.id
+
+    def claim(self, consumer: str, event_id: str) -> bool:
+        """Record that `consumer` applies `event_id` in this transaction.
+
+        False when it was applied before: the caller must then change nothing. A concurrent
+        claim of the same event waits for this transaction and then gets False.
+        """
+        row = self.conn.execute(
+            "INSERT INTO processed_events (consumer, event_id) VALUES (%s, %s) ON CONFLICT DO NOTHING RETURNING 1",
+            [consumer, event_id],
+        ).fetchone()
+        return row is not None

@@ -1,0 +1,159 @@
+"""The embedded bus: the same handlers and guarantees as on Kafka, fed from the Postgres outbox."""
+
+import json
+
+import pytest
+
+from events import SceneApproved, envelope_for
+from functions.registry import FUNCTIONS
+from shared import bus
+from shared.consumer import Function
+from tests.conftest import make_scene
+
+pytestmark = pytest.mark.integration
+
+ALL = list(FUNCTIONS.values())
+
+
+def _outbox(conn, topic: str) -> list[dict]:
+    return [r["payload"] for r in conn.execute("SELECT payload FROM outbox WHERE topic = %s ORDER BY id", [topic])]
+
+
+def _publish(deps, event) -> str:
+    with deps.uow() as uow:
+        return uow.emit(event)
+
+
+def test_approval_with_auto_upscale_requests_the_upscale(deps, conn):
+    scene = make_scene(conn, auto_upscale_to="production")
+    event_id = _publish(deps, SceneApproved(scene_id=scene))
+    bus.drain(deps, ALL, ALL)
+
+    row = conn.execute("SELECT status, approved_at FROM scenes WHERE id = %s", [scene]).fetchone()
+    assert row["status"] == "approved" and row["approved_at"] is not None
+    [requested] = _outbox(conn, "upscale.requested")
+    assert requested["data"] == {"source_scene_id": scene, "target_tier": "production",
+                                 "requested_by": "auto-upscale", "schema_version": 1}
+    assert requested["subject"] == str(scene) and requested["source"] == "urn:tierflow:on_scene_approved"
+    assert conn.execute("SELECT consumer FROM processed_events WHERE event_id = %s", [event_id]).fetchall() == [
+        {"consumer": "on_scene_approved"}]
+    assert conn.execute("SELECT count(*) AS n FROM bus_deliveries").fetchone()["n"] == 0
+
+
+def test_without_a_policy_approval_requests_nothing(deps, conn):
+    scene = make_scene(conn)
+    _publish(deps, SceneApproved(scene_id=scene))
+    bus.drain(deps, ALL, ALL)
+    assert conn.execute("SELECT status FROM scenes WHERE id = %s", [scene]).fetchone()["status"] == "approved"
+    assert _outbox(conn, "upscale.requested") == []
+
+
+def test_a_redelivered_event_changes_nothing(deps, conn):
+    scene = make_scene(conn, auto_upscale_to="preview")
+    _publish(deps, SceneApproved(scene_id=scene))
+    bus.drain(deps, ALL, ALL)
+    # Deliver the very same outbox event again, as a crash before acknowledging would.
+    conn.execute("INSERT INTO bus_deliveries (consumer, outbox_id) SELECT 'on_scene_approved', id FROM outbox "
+                 "WHERE topic = 'scene.approved'")
+    outcomes = []
+    bus.drain(deps, ALL, ALL, on_outcome=lambda f, o: outcomes.append(o))
+    assert [len(o.duplicates) for o in outcomes] == [1]
+    assert len(_outbox(conn, "upscale.requested")) == 1
+
+
+def test_a_second_approval_with_another_id_requests_nothing_twice(deps, conn):
+    scene = make_scene(conn, auto_upscale_to="production")
+    _publish(deps, SceneApproved(scene_id=scene, approved_by="ana"))
+    _publish(deps, SceneApproved(scene_id=scene, approved_by="ben"))
+    bus.drain(deps, ALL, ALL)
+    assert len(_outbox(conn, "upscale.requested")) == 1
+    assert conn.execute("SELECT count(*) AS n FROM processed_events").fetchone()["n"] == 2
+
+
+def test_malformed_and_refused_events_are_dead_lettered_and_the_next_one_is_applied(deps, conn):
+    generating = make_scene(conn, status="generating")
+    good = make_scene(conn)
+    conn.execute("INSERT INTO outbox (event_id, topic, message_key, payload) VALUES "
+                 "('bad-1', 'scene.approved', '1', '{\"specversion\": \"1.0\", \"type\": \"scene.approved\"}')")
+    _publish(deps, SceneApproved(scene_id=999_999))
+    _publish(deps, SceneApproved(scene_id=generating))
+    _publish(deps, SceneApproved(scene_id=good))
+    bus.drain(deps, ALL, ALL)
+
+    reasons = [r["reason"] for r in conn.execute("SELECT reason FROM dead_letters ORDER BY id")]
+    assert len(reasons) == 3
+    assert reasons[0].startswith("invalid scene.approved event") or "invalid" in reasons[0]
+    assert reasons[1] == "refused: scene 999999 does not exist"
+    assert reasons[2] == f"refused: scene {generating} is generating; only a fully generated scene can be approved"
+    assert conn.execute("SELECT status FROM scenes WHERE id = %s", [good]).fetchone()["status"] == "approved"
+    assert conn.execute("SELECT status FROM scenes WHERE id = %s", [generating]).fetchone()["status"] == "generating"
+
+
+def test_events_of_one_subject_are_applied_in_order_and_transient_failures_retried(deps, conn):
+    conn.execute("CREATE TABLE seen (n serial, scene_id bigint, approved_by text)")
+    failures = {"left": 2}
+
+    def record(event, deps_):
+        if event.approved_by == "flaky" and failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionResetError("storage hiccup")
+        with deps_.uow() as uow:
+            uow.conn.execute("INSERT INTO seen (scene_id, approved_by) VALUES (%s, %s)",
+                             [event.scene_id, event.approved_by])
+
+    recorder = Function("recorder", ("scene.approved",), record)
+    for who in ["a", "b", "flaky", "c", "d"]:
+        _publish(deps, SceneApproved(scene_id=7, approved_by=who))
+    bus.drain(deps, [recorder], [recorder])
+    assert [r["approved_by"] for r in conn.execute("SELECT approved_by FROM seen ORDER BY n")] == [
+        "a", "b", "flaky", "c", "d"]
+
+
+def test_a_handler_that_keeps_failing_is_dead_lettered_after_bounded_retries(deps, conn):
+    def broken(event, deps_):
+        raise TimeoutError("GPU queue did not answer")
+
+    function = Function("broken", ("scene.approved",), broken)
+    _publish(deps, SceneApproved(scene_id=1))
+    bus.drain(deps, [function], [function])
+    [letter] = conn.execute("SELECT consumer, reason FROM dead_letters").fetchall()
+    assert letter == {"consumer": "broken", "reason": "failed 3 times, last: TimeoutError: GPU queue did not answer"}
+
+
+def test_a_crash_before_commit_loses_nothing_and_doubles_nothing(deps, conn):
+    scene = make_scene(conn, auto_upscale_to="production")
+    _publish(deps, SceneApproved(scene_id=scene))
+    real = FUNCTIONS["on_scene_approved"]
+
+    def crash_after_effects(event, deps_):
+        real.handle(event, deps_)
+        raise SystemExit("process killed")  # not an Exception: nothing catches it, as with a real crash
+
+    crashing = Function(real.name, real.consumes, crash_after_effects)
+    with pytest.raises(SystemExit):
+        bus.drain(deps, [crashing], [crashing])
+    assert conn.execute("SELECT status FROM scenes WHERE id = %s", [scene]).fetchone()["status"] == "generated"
+    assert conn.execute("SELECT count(*) AS n FROM bus_deliveries").fetchone()["n"] == 1
+
+    bus.drain(deps, ALL, ALL)  # the restarted process
+    assert conn.execute("SELECT status FROM scenes WHERE id = %s", [scene]).fetchone()["status"] == "approved"
+    assert len(_outbox(conn, "upscale.requested")) == 1
+
+
+def test_events_relayed_while_a_function_is_not_running_wait_for_it(deps, conn):
+    scene = make_scene(conn)
+    _publish(deps, SceneApproved(scene_id=scene))
+    bus.drain(deps, ALL, [])  # only the relay runs
+    assert conn.execute("SELECT consumer FROM bus_deliveries").fetchall() == [{"consumer": "on_scene_approved"}]
+    bus.drain(deps, ALL, ALL)
+    assert conn.execute("SELECT status FROM scenes WHERE id = %s", [scene]).fetchone()["status"] == "approved"
+
+
+def test_envelope_stored_in_the_outbox_is_a_valid_cloud_event(deps, conn):
+    scene = make_scene(conn)
+    event_id = _publish(deps, SceneApproved(scene_id=scene))
+    [payload] = _outbox(conn, "scene.approved")
+    assert payload["id"] == event_id and payload["specversion"] == "1.0" and payload["type"] == "scene.approved"
+    assert payload["subject"] == str(scene) and payload["data"]["scene_id"] == scene
+    reference = json.loads(envelope_for(SceneApproved(scene_id=scene), source="urn:tierflow:cli").to_json())
+    assert set(payload) == set(reference)

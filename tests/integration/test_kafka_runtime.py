@@ -1,0 +1,218 @@
+"""The event runtime on a real Kafka broker and real Postgres: relay, consumer groups, dead letters."""
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from events import SceneApproved, load_schema
+from functions.registry import FUNCTIONS
+from shared.kafka_bus import KafkaFunctionRunner, ensure_topics, make_producer, relay_to_kafka
+from tests.conftest import TIERFLOW, make_scene
+
+pytestmark = pytest.mark.integration
+
+APPROVALS = FUNCTIONS["on_scene_approved"]
+
+
+def _plain_producer(bootstrap: str) -> KafkaProducer:
+    return KafkaProducer(bootstrap_servers=bootstrap)
+
+
+def _approval_bytes(scene_id: int, event_id: str | None = None) -> bytes:
+    # Built by hand from the JSON Schema's contract, as a producer in another language would.
+    return json.dumps({
+        "specversion": "1.0", "id": event_id or str(uuid.uuid4()), "source": "urn:studio:review-tool",
+        "type": "scene.approved", "subject": str(scene_id), "time": datetime.now(timezone.utc).isoformat(),
+        "datacontenttype": "application/json", "data": {"scene_id": scene_id, "schema_version": 1},
+    }).encode()
+
+
+def _run_until_outcomes(runner, seen: list, condition, timeout: float = 60) -> None:
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop.is_set, lambda f, o: seen.append(o)))
+    thread.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out; outcomes so far: {seen}"
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def _status(conn, scene_id: int) -> str:
+    return conn.execute("SELECT status FROM scenes WHERE id = %s", [scene_id]).fetchone()["status"]
+
+
+def _read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30) -> list:
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                             consumer_timeout_ms=1000)
+    records, deadline = [], time.monotonic() + timeout
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            records += list(consumer)
+    finally:
+        consumer.close()
+    return records
+
+
+def test_the_sample_matches_the_hand_built_event():
+    import jsonschema
+
+    jsonschema.Draft202012Validator(load_schema("scene.approved")).validate(json.loads(_approval_bytes(3)))
+
+
+def test_an_event_from_a_plain_producer_reaches_its_handler_exactly_once(kafka_deps, conn):
+    bootstrap = kafka_deps.settings.kafka_bootstrap
+    ensure_topics(bootstrap, 4)
+    scenes = [make_scene(conn), make_scene(conn)]
+    producer = _plain_producer(bootstrap)
+    same_id = str(uuid.uuid4())
+    producer.send("scene.approved", key=str(scenes[0]).encode(), value=_approval_bytes(scenes[0], same_id))
+    producer.send("scene.approved", key=str(scenes[0]).encode(), value=_approval_bytes(scenes[0], same_id))
+    producer.send("scene.approved", key=str(scenes[1]).encode(), value=_approval_bytes(scenes[1]))
+    producer.flush()
+
+    runner = KafkaFunctionRunner(kafka_deps, APPROVALS, bootstrap, make_producer(bootstrap))
+    seen = []
+    _run_until_outcomes(runner, seen, lambda: sum(len(o.applied) + len(o.duplicates) for o in seen) >= 3)
+    assert [_status(conn, s) for s in scenes] == ["approved", "approved"]
+    # Same id twice: one effect; two ids: two effects.
+    assert sum(len(o.applied) for o in seen) == 2 and sum(len(o.duplicates) for o in seen) == 1
+    assert conn.execute("SELECT count(*) AS n FROM processed_events").fetchone()["n"] == 2
+
+
+def test_a_malformed_event_goes_to_the_dlq_and_the_next_one_is_applied(kafka_deps, conn):
+    bootstrap = kafka_deps.settings.kafka_bootstrap
+    ensure_topics(bootstrap, 4)
+    scene = make_scene(conn)
+    producer = _plain_producer(bootstrap)
+    producer.send("scene.approved", key=str(scene).encode(), value=b"{this is not json")
+    producer.send("scene.approved", key=str(scene).encode(), value=_approval_bytes(scene))
+    producer.flush()
+
+    runner = KafkaFunctionRunner(kafka_deps, APPROVALS, bootstrap, make_producer(bootstrap))
+    _run_until_outcomes(runner, [], lambda: _status(conn, scene) == "approved")
+    [letter] = _read_topic(bootstrap, "scene.approved.dlq", 1)
+    headers = {k: v.decode() for k, v in letter.headers}
+    assert letter.value == b"{this is not json" and letter.key == str(scene).encode()
+    assert headers["dlq.reason"].startswith("not JSON")
+    assert headers["dlq.topic"] == "scene.approved" and headers["dlq.consumer"] == "on_scene_approved"
+
+
+def test_a_consumer_killed_between_db_commit_and_offset_commit_loses_and_doubles_nothing(kafka_deps, conn):
+    bootstrap = kafka_deps.settings.kafka_bootstrap
+    ensure_topics(bootstrap, 4)
+    scene = make_scene(conn, auto_upscale_to="production")
+    producer = _plain_producer(bootstrap)
+    producer.send("scene.approved", key=str(scene).encode(), value=_approval_bytes(scene))
+    producer.flush()
+
+    crashed = KafkaFunctionRunner(kafka_deps, APPROVALS, bootstrap, make_producer(bootstrap))
+
+    def killed_before_offset_commit(*args, **kwargs):
+        raise SystemExit("killed")  # the database transaction has committed; the offsets never will
+
+    crashed.consumer.commit = killed_before_offset_commit
+    with pytest.raises(SystemExit):
+        crashed.run(lambda: False)
+    assert _status(conn, scene) == "approved"
+
+    restarted = KafkaFunctionRunner(kafka_deps, APPROVALS, bootstrap, make_producer(bootstrap))
+    seen = []
+    _run_until_outcomes(restarted, seen, lambda: bool(seen))
+    assert [len(o.duplicates) for o in seen] == [1]  # redelivered, recognised, not applied again
+    assert conn.execute("SELECT count(*) AS n FROM outbox WHERE topic = 'upscale.requested'").fetchone()["n"] == 1
+
+
+def test_a_relay_killed_after_publishing_before_marking_sent_is_deduplicated(kafka_deps, conn):
+    bootstrap = kafka_deps.settings.kafka_bootstrap
+    ensure_topics(bootstrap, 4)
+    scene = make_scene(conn)
+    with kafka_deps.uow() as uow:
+        uow.emit(SceneApproved(scene_id=scene))
+    producer = make_producer(bootstrap)
+    # Publish, then "crash" before the mark commits: the outer transaction is rolled back.
+    with conn.transaction(force_rollback=True):
+        assert relay_to_kafka(conn, producer) == 1
+    assert conn.execute("SELECT sent_at FROM outbox").fetchone()["sent_at"] is None
+    assert relay_to_kafka(conn, producer) == 1  # the restarted relay publishes it again
+    assert conn.execute("SELECT sent_at FROM outbox").fetchone()["sent_at"] is not None
+    assert len(_read_topic(bootstrap, "scene.approved", 2)) == 2
+
+    runner = KafkaFunctionRunner(kafka_deps, APPROVALS, bootstrap, producer)
+    seen = []
+    _run_until_outcomes(runner, seen, lambda: sum(len(o.applied) + len(o.duplicates) for o in seen) >= 2)
+    assert sum(len(o.applied) for o in seen) == 1 and sum(len(o.duplicates) for o in seen) == 1
+    assert _status(conn, scene) == "approved"
+
+
+def test_cli_publish_relay_consume_tail_and_sigterm(kafka_deps, conn, run_cli, database_url, tmp_path):
+    bootstrap = kafka_deps.settings.kafka_bootstrap
+    env = {"TIERFLOW_DATABASE_URL": database_url, "TIERFLOW_KAFKA_BOOTSTRAP": bootstrap}
+    scene = make_scene(conn, auto_upscale_to="production")
+
+    published = run_cli("events", "publish", "scene.approved", "--data", json.dumps({"scene_id": scene}), "--json",
+                        env=env)
+    assert published.returncode == 0, published.stderr
+    assert json.loads(published.stdout)["subject"] == str(scene)
+
+    consume = subprocess.Popen([TIERFLOW, "consume", "on_scene_approved"], env={**_clean_env(tmp_path), **env},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while _status(conn, scene) != "approved":
+            assert time.monotonic() < deadline and consume.poll() is None, consume.stderr.read() if consume.poll() else ""
+            time.sleep(0.2)
+    finally:
+        consume.send_signal(signal.SIGTERM)
+        out, err = consume.communicate(timeout=60)
+    assert consume.returncode == 0, err
+    assert "on_scene_approved: applied 1" in out and "consumers stopped" in out
+
+    relay = run_cli("relay", "--once", env=env)
+    assert relay.returncode == 0, relay.stderr
+    assert "relayed 1 event(s)" in relay.stdout
+    tail = run_cli("events", "tail", "upscale.requested", "--from-beginning", "--limit", "1", "--json",
+                   "--timeout", "30", env=env)
+    assert tail.returncode == 0, tail.stderr
+    [line] = tail.stdout.splitlines()
+    assert json.loads(line)["data"]["source_scene_id"] == scene
+
+
+def _clean_env(tmp_path: Path) -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")} | {"TIERFLOW_HOME": str(tmp_path)}
+
+
+def test_dlq_list_and_replay_after_a_fix(kafka_deps, conn, run_cli, database_url):
+    bootstrap = kafka_deps.settings.kafka_bootstrap
+    ensure_topics(bootstrap, 4)
+    env = {"TIERFLOW_DATABASE_URL": database_url, "TIERFLOW_KAFKA_BOOTSTRAP": bootstrap}
+    producer = _plain_producer(bootstrap)
+    producer.send("scene.approved", key=b"77", value=_approval_bytes(77))
+    producer.flush()
+    runner = KafkaFunctionRunner(kafka_deps, APPROVALS, bootstrap, make_producer(bootstrap))
+    seen = []
+    _run_until_outcomes(runner, seen, lambda: any(o.dead for o in seen))
+
+    listed = run_cli("events", "dlq", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    [letter] = json.loads(listed.stdout)
+    assert letter["reason"] == "refused: scene 77 does not exist" and letter["consumer"] == "on_scene_approved"
+
+    make_scene(conn, scene_id=77)  # the fix
+    replayed = run_cli("events", "dlq", "--replay", env=env)
+    assert replayed.returncode == 0 and "replayed 1" in replayed.stdout
+    assert json.loads(run_cli("events", "dlq", "--json", env=env).stdout) == []
+    runner = KafkaFunctionRunner(kafka_deps, APPROVALS, bootstrap, make_producer(bootstrap))
+    _run_until_outcomes(runner, [], lambda: _status(conn, 77) == "approved")
