@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from functions import cli_events
+from functions import cli_events, cli_jobs
 from shared import db, tiers
 from shared.bootstrap import Deps
 from shared.config import load_settings
@@ -212,14 +212,17 @@ def cmd_config_show(deps: Deps, args) -> int:
 
 
 def cmd_demo(deps: Deps, args) -> int:
+    from functions.cli_jobs import print_scene, wait_for_scene
+    from shared import scenes
+
     settings = deps.settings
     print(f"Tierflow demo (home {settings.home.resolve()})")
 
     started = time.monotonic()
     with deps.connect(check_schema=False) as conn:
-        print(f"[1/4] PostgreSQL ready in {time.monotonic() - started:.1f} s")
+        print(f"[1/5] PostgreSQL ready in {time.monotonic() - started:.1f} s")
         applied = db.migrate(conn)
-        print(f"[2/4] migrations: {len(applied)} applied" if applied else "[2/4] migrations: schema up to date")
+        print(f"[2/5] migrations: {len(applied)} applied" if applied else "[2/5] migrations: schema up to date")
 
         started = time.monotonic()
         s3 = deps.s3
@@ -229,13 +232,23 @@ def cmd_demo(deps: Deps, args) -> int:
         read_back = s3.get_object(Bucket=deps.bucket, Key=key)["Body"].read()
         if hashlib.sha256(read_back).digest() != hashlib.sha256(body).digest():
             raise TierflowError(f"S3 returned different bytes for s3://{deps.bucket}/{key}")
-        print(f"[3/4] S3 ready in {time.monotonic() - started:.1f} s: wrote and read back s3://{deps.bucket}/{key}")
+        print(f"[3/5] S3 ready in {time.monotonic() - started:.1f} s: wrote and read back s3://{deps.bucket}/{key}")
 
         aspect = parse_aspect("16:9")
-        print(f"[4/4] resolution tiers and the size a {aspect} scene is generated at:")
+        print(f"[4/5] resolution tiers and the size a {aspect} scene is generated at:")
         _show_tiers(tiers.list_tiers(conn), aspect, as_json=False)
+
+    started = time.monotonic()
+    print(f"[5/5] generating a 2-segment {aspect} scene at the default tier with {scenes.default_model(settings)}")
+    segments = [scenes.SegmentSpec(prompt="a red fox crossing a snowy field at dawn", seed=1234, frames=4, fps=8,
+                                   steps=4),
+                scenes.SegmentSpec(prompt="the fox leaps over a frozen stream", seed=5678, frames=4, fps=8, steps=4)]
+    scene_id = scenes.submit_scene(deps, project="demo", name="fox-opening", aspect=str(aspect), segments=segments)
+    scene = wait_for_scene(deps, scene_id)
+    print_scene(scene)
+    print(f"generated in {time.monotonic() - started:.1f} s; media in s3://{deps.bucket}/scenes/{scene_id}/")
     print("Done. `tierflow stack status` shows the running services; `tierflow stack stop` stops them.")
-    return 0
+    return 0 if scene["status"] == "generated" else 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_command(stack_commands, "stop", cmd_stack_stop, "stop the embedded servers (data is kept)")
 
     cli_events.register(commands, _add_command)
+    cli_jobs.register(commands, _add_command)
 
     config_parser = commands.add_parser("config", help="configuration")
     config_commands = config_parser.add_subparsers(dest="config_command", required=True, metavar="COMMAND", parser_class=_Parser)

@@ -1,7 +1,9 @@
 """Every deployed event handler, by consumer name: what `tierflow consume`, the embedded bus and
 the AWS template run."""
 
-from functions import on_scene_approved
+from functions import on_generation_requested, on_generation_result, on_scene_approved
 from shared.consumer import Function
 
-FUNCTIONS: dict[str, Function] = {f.name: f for f in (on_scene_approved.FUNCTION,)}
+FUNCTIONS: dict[str, Function] = {
+    f.name: f for f in (on_scene_approved.FUNCTION, on_generation_requested.FUNCTION, on_generation_result.FUNCTION)
+}

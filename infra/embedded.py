@@ -20,7 +20,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -31,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+
+from infra.net import free_ports, port_open
 
 with warnings.catch_warnings():
     # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI) and falls back to /tmp: fine.
@@ -156,14 +157,6 @@ def _credentials(s3_dir: Path) -> tuple[str, str]:
     return stored["access_key"], stored["secret_key"]
 
 
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def _is_our_s3_server(pid: int, data_dir: Path) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -178,15 +171,9 @@ def _running_s3(home: Path) -> dict | None:
         state = json.loads((s3_dir / "server.json").read_text())
     except (OSError, ValueError):
         return None
-    if _is_our_s3_server(state["pid"], s3_dir / "data") and _port_open(state["port"]):
+    if _is_our_s3_server(state["pid"], s3_dir / "data") and port_open(state["port"]):
         return state
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def s3_endpoint(home: Path) -> S3Endpoint:
@@ -204,7 +191,7 @@ def s3_endpoint(home: Path) -> S3Endpoint:
 def _start_s3(s3_dir: Path, access_key: str, secret_key: str) -> dict:
     data_dir = s3_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_ports()[0]
     log_path = s3_dir / "server.log"
     # Credentials go through the environment, not argv, so `ps` does not show them.
     env = {**os.environ, "RCLONE_AUTH_KEY": f'"{access_key},{secret_key}"'}
@@ -216,7 +203,7 @@ def _start_s3(s3_dir: Path, access_key: str, secret_key: str) -> dict:
             start_new_session=True,  # survives the command that started it
         )
     deadline = time.monotonic() + S3_START_TIMEOUT_SECONDS
-    while not _port_open(port):
+    while not port_open(port):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             tail = log_path.read_text(errors="replace")[-500:]

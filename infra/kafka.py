@@ -37,7 +37,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,6 +44,8 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from infra.net import free_ports, port_open
 
 # 4.1.x: the newest line the brief names as known-good; kafka-python 3.x speaks its protocol
 # versions (4.0 dropped the pre-2.1 ones, KIP-896). Other 4.x versions work via `version=`.
@@ -255,21 +256,6 @@ def _stop_leftovers() -> None:
         _terminate(process, timeout=10)
 
 
-def _free_ports(count: int) -> list[int]:
-    # All sockets are held open until every port is chosen so the ports are distinct. Another
-    # process could still take one before Kafka binds it; start_broker retries on that.
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def _cluster_id() -> str:
     # Kafka's Uuid.toString format: 16 random bytes, URL-safe base64 without padding. Like
     # Uuid.randomUuid, avoid a leading "-", which the storage tool's argv parser takes for a flag.
@@ -394,14 +380,6 @@ def _format_storage(java: str, classpath: str, data_dir: Path, deadline: float) 
             f"formatting Kafka storage failed (exit {done.returncode}); log {log_path}:\n{_tail(log_path)}")
 
 
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def _serves(bootstrap: str) -> bool:
     """True once a real Kafka client gets metadata from the broker (not just an open port)."""
     from kafka.admin import KafkaAdminClient  # kafka-python; imported late: only a probe needs it
@@ -444,7 +422,7 @@ def start_broker(data_dir: Path, *, version: str = DEFAULT_VERSION, partitions: 
     (data_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES)
     attempts = 3
     for attempt in range(1, attempts + 1):
-        port, controller_port = _free_ports(2)
+        port, controller_port = free_ports(2)
         (data_dir / "server.properties").write_text(
             _server_properties(data_dir, port, controller_port, partitions))
         if attempt == 1:
@@ -495,7 +473,7 @@ def _launch(java: str, classpath: str, data_dir: Path, port: int, deadline: floa
                     f"{out_path}:\n{_tail(out_path, 1500)}\n{log_file}:\n{this_run[-3000:].strip()}")
             # The data listener accepts connections only once the broker is unfenced, so an open
             # port is the cheap signal; the admin probe then proves requests are served.
-            if _port_open(port) and _serves(bootstrap):
+            if port_open(port) and _serves(bootstrap):
                 return broker
             if time.monotonic() > deadline:
                 raise KafkaLauncherError(

@@ -98,3 +98,10 @@ class Deps:
     @property
     def bucket(self) -> str:
         return self.settings.s3_bucket
+
+    @cached_property
+    def dispatcher(self):
+        """Where generation jobs run (`TIERFLOW_DISPATCHER`: local processes or AWS Batch)."""
+        from shared.dispatch import BatchDispatcher, LocalDispatcher
+
+        return BatchDispatcher(self) if self.settings.dispatcher == "batch" else LocalDispatcher(self)

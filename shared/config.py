@@ -7,6 +7,7 @@ standard AWS chain (AWS_ACCESS_KEY_ID, AWS_PROFILE, instance roles, ...).
 """
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError
@@ -45,6 +46,27 @@ class Settings(BaseSettings):
     kafka_partitions: int = Field(
         default=4, ge=1, le=1000, description="Partitions of each event topic Tierflow creates."
     )
+    model: str | None = Field(
+        default=None,
+        description="Default diffusers model (a directory or hub id); unset: the tiny model under home, built on first use.",
+    )
+    dispatcher: Literal["local", "batch"] = Field(
+        default="local", description="Where generation jobs run: local worker processes, or AWS Batch."
+    )
+    local_workers: int = Field(default=1, ge=1, le=64, description="Worker processes the local dispatcher runs at once.")
+    max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts per generation job before it fails for good.")
+    retry_backoff_seconds: float = Field(default=2.0, ge=0, le=3600, description="Pause before a retry; doubles each time.")
+    batch_endpoint_url: str | None = Field(default=None, description="AWS Batch endpoint (moto server in tests).")
+    batch_job_queue: str = Field(default="tierflow-gpu", description="AWS Batch job queue of the GPU workers.")
+    batch_job_definition: str = Field(default="tierflow-worker", description="AWS Batch job definition of the worker.")
+    batch_gpus: int = Field(default=1, ge=0, le=16, description="GPUs per generation job on AWS Batch.")
+    batch_vcpus: int = Field(default=4, ge=1, le=256, description="vCPUs per generation job on AWS Batch.")
+    batch_memory_mib: int = Field(default=16384, ge=512, description="Memory (MiB) per generation job on AWS Batch.")
+
+    @property
+    def model_path(self) -> str:
+        """The model jobs use when they name none."""
+        return self.model or str((self.home / "models" / "tiny").resolve())
 
     @property
     def embedded_database(self) -> bool:
@@ -69,6 +91,14 @@ class Settings(BaseSettings):
             "aws_region": self.aws_region,
             "kafka_bootstrap": self.kafka_bootstrap or "(embedded bus over the PostgreSQL outbox)",
             "kafka_partitions": str(self.kafka_partitions),
+            "model": self.model or f"(tiny model under home: {self.model_path})",
+            "dispatcher": self.dispatcher,
+            "local_workers": str(self.local_workers),
+            "max_attempts": str(self.max_attempts),
+            "retry_backoff_seconds": str(self.retry_backoff_seconds),
+            "batch_endpoint_url": self.batch_endpoint_url or "(AWS default)",
+            "batch_job_queue": self.batch_job_queue,
+            "batch_job_definition": self.batch_job_definition,
         }
 
 

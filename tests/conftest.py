@@ -89,13 +89,24 @@ def run_cli(tmp_path):
     return run
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """The tiny random-weight text-to-video pipeline, built once per test session."""
+    from shared.generation import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny"))
+
+
 @pytest.fixture
 def deps(database_url, tmp_path):
-    """Deps on the test's database (embedded bus: no Kafka configured)."""
+    """Deps on the test's database (embedded bus: no Kafka configured); its embedded S3 server,
+    if a test starts it, is stopped afterwards."""
     from shared.bootstrap import Deps
     from shared.config import Settings
 
-    return Deps(Settings(database_url=database_url, home=tmp_path / "home"))
+    home = tmp_path / "home"
+    yield Deps(Settings(database_url=database_url, home=home))
+    embedded.stop(home)
 
 
 def make_scene(conn, *, status: str = "generated", tier: str = "draft", project: str = "studio",
@@ -108,8 +119,8 @@ def make_scene(conn, *, status: str = "generated", tier: str = "draft", project:
            RETURNING id""",
         [project, auto_upscale_to],
     ).fetchone()["id"]
-    columns = "project_id, name, aspect_width, aspect_height, status, resolution_tier_id"
-    values = "%s, 'scene', 16, 9, %s, (SELECT id FROM resolution_tiers WHERE name = %s)"
+    columns = "project_id, name, aspect_width, aspect_height, width, height, status, resolution_tier_id"
+    values = "%s, 'scene', 16, 9, 512, 288, %s, (SELECT id FROM resolution_tiers WHERE name = %s)"
     params = [project_id, status, tier]
     if scene_id is not None:
         columns, values, params = "id, " + columns, "%s, " + values, [scene_id, *params]

@@ -16,6 +16,10 @@ CREATE TABLE scenes (
     -- Aspect ratio in lowest terms (16:9, 9:16, 239:100); the same at every tier.
     aspect_width SMALLINT NOT NULL CHECK (aspect_width > 0),
     aspect_height SMALLINT NOT NULL CHECK (aspect_height > 0),
+    -- The generation size: the largest size of the aspect ratio inside the tier's box when the
+    -- scene was created (kept, so resizing a tier later never changes what a scene was made at).
+    width INTEGER NOT NULL CHECK (width BETWEEN 8 AND 8192 AND width % 8 = 0),
+    height INTEGER NOT NULL CHECK (height BETWEEN 8 AND 8192 AND height % 8 = 0),
     status TEXT NOT NULL DEFAULT 'pending'
         CHECK (status IN ('pending', 'generating', 'generated', 'approved', 'failed')),
     -- Hash of everything that shapes the frames except the size; equal across tiers.

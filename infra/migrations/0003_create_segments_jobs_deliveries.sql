@@ -36,13 +36,19 @@ CREATE TABLE generation_jobs (
     error TEXT,
     device TEXT,
     device_seconds DOUBLE PRECISION CHECK (device_seconds >= 0),
-    output_key TEXT,
+    -- Outputs, under a deterministic prefix per job (a re-run overwrites them).
+    video_key TEXT,
+    poster_key TEXT,
+    metadata_key TEXT,
+    sha256 TEXT CHECK (sha256 ~ '^[0-9a-f]{64}$'),
+    frames INTEGER CHECK (frames > 0),
     created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
     updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
     started_at TIMESTAMPTZ,
     finished_at TIMESTAMPTZ,
     UNIQUE (segment_id, attempt),
-    CHECK (status <> 'failed' OR error IS NOT NULL)
+    CHECK (status <> 'failed' OR error IS NOT NULL),
+    CHECK (status <> 'succeeded' OR (video_key IS NOT NULL AND sha256 IS NOT NULL))
 );
 CREATE TRIGGER set_updated_at BEFORE UPDATE ON generation_jobs
     FOR EACH ROW EXECUTE FUNCTION trigger_set_updated_at();

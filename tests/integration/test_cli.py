@@ -112,8 +112,8 @@ def test_deleting_a_tier_in_use_is_refused(cli, database_url):
     with db.connect(database_url) as conn:
         project = conn.execute("INSERT INTO projects (name) VALUES ('p') RETURNING id").fetchone()["id"]
         conn.execute(
-            "INSERT INTO scenes (project_id, name, aspect_width, aspect_height, resolution_tier_id) "
-            "SELECT %s, 's', 16, 9, id FROM resolution_tiers WHERE name = 'review'", [project])
+            "INSERT INTO scenes (project_id, name, aspect_width, aspect_height, width, height, resolution_tier_id) "
+            "SELECT %s, 's', 16, 9, 1024, 576, id FROM resolution_tiers WHERE name = 'review'", [project])
     _assert_one_line_error(cli("tiers", "delete", "review"), 1, "tier 'review' is used by 1 scene(s)")
     assert "review" in [t["name"] for t in _tiers(cli)]
 

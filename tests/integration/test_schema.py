@@ -14,7 +14,7 @@ def _project(conn, name="p") -> int:
 
 
 def _scene(conn, project_id: int, *, tier_id: int | None = None, upscaled_from: int | None = None) -> dict:
-    columns, values = ["project_id", "name", "aspect_width", "aspect_height"], [project_id, "s", 16, 9]
+    columns, values = ["project_id", "name", "aspect_width", "aspect_height", "width", "height"], [project_id, "s", 16, 9, 512, 288]
     if tier_id is not None:
         columns.append("resolution_tier_id")
         values.append(tier_id)

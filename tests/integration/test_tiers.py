@@ -17,8 +17,8 @@ def _add_scene(conn, tier_name: str) -> None:
         "INSERT INTO projects (name) VALUES ('p') ON CONFLICT (name) DO UPDATE SET name = 'p' RETURNING id"
     ).fetchone()["id"]
     conn.execute(
-        "INSERT INTO scenes (project_id, name, aspect_width, aspect_height, resolution_tier_id) "
-        "SELECT %s, 's', 16, 9, id FROM resolution_tiers WHERE name = %s",
+        "INSERT INTO scenes (project_id, name, aspect_width, aspect_height, width, height, resolution_tier_id) "
+        "SELECT %s, 's', 16, 9, 1024, 576, id FROM resolution_tiers WHERE name = %s",
         [project, tier_name],
     )
 

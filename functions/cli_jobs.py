@@ -1,0 +1,273 @@
+"""`tierflow jobs …`, `scenes …`, `usage`, `model tiny` and `worker`: generation from the command line."""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from shared import bus, scenes
+from shared.errors import InvalidInput
+
+TERMINAL = ("generated", "approved", "failed")
+
+
+# ---------------------------------------------------------------------------------------------
+# --prompt starts a segment; the per-segment options after it apply to that segment
+
+
+class _StartSegment(argparse.Action):
+    def __call__(self, parser, namespace, value, option_string=None):
+        namespace.segments = [*(namespace.segments or []), {"prompt": value}]
+
+
+class _SegmentOption(argparse.Action):
+    def __call__(self, parser, namespace, value, option_string=None):
+        if not namespace.segments:
+            parser.error(f"{option_string} applies to a segment: put it after that segment's --prompt")
+        namespace.segments[-1][self.dest] = value
+
+
+def _segment_specs(args) -> dict:
+    if args.spec:
+        try:
+            document = json.loads(Path(args.spec).read_text())
+        except OSError as exc:
+            raise InvalidInput(f"cannot read the spec file: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"the spec file is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        spec = scenes.parse_spec(document)
+        # Options on the command line override the file's.
+        for key in ("project", "scene", "aspect", "tier", "model"):
+            if getattr(args, key, None):
+                spec[key] = getattr(args, key)
+        return spec
+    return {"project": args.project, "scene": args.scene, "aspect": args.aspect, "tier": args.tier,
+            "model": args.model, "segments": [scenes.SegmentSpec(**s) for s in args.segments or []]}
+
+
+# ---------------------------------------------------------------------------------------------
+# showing scenes
+
+
+def _size(scene: dict) -> str:
+    return f"{scene['width']}×{scene['height']}"
+
+
+def print_scene(scene: dict) -> None:
+    """The human form of `scenes show`."""
+    print(f"scene {scene['scene_id']} '{scene['name']}' (project {scene['project']})")
+    print(f"  tier {scene['tier']} at {_size(scene)} ({scene['aspect']}), {scene['status']}, {scene['progress']:g}%")
+    print(f"  recipe hash {scene['recipe_hash']}")
+    for segment in scene["segments"]:
+        recipe, job = segment["recipe"], segment["job"] or {}
+        print(f"  segment {segment['position']}: {segment['status']}, seed {recipe['seed']}, {recipe['frames']} frames "
+              f"@ {recipe['fps']} fps, {recipe['steps']} steps, guidance {recipe['guidance']:g}: {recipe['prompt']!r}")
+        if job:
+            line = f"    job {job['job_id']} attempt {job['attempt']}: {job['status']} {job['progress']:g}%"
+            if job["device_seconds"] is not None:
+                line += f", {job['device_seconds']:.1f} s on {job['device']}"
+            print(line)
+            if job["error"]:
+                print(f"    error: {job['error']}")
+        if segment["outputs"]:
+            print(f"    video s3://…/{segment['outputs']['video']} (sha256 {segment['outputs']['sha256'][:12]}…)")
+
+
+def _bar(scene: dict) -> str:
+    filled = int(scene["progress"] / 5)
+    return f"scene {scene['scene_id']} [{'#' * filled}{'.' * (20 - filled)}] {scene['progress']:5.1f}% {scene['status']}"
+
+
+def wait_for_scene(deps, scene_id: int, draw: bool = True) -> dict:
+    """Follow a scene until it is generated or failed, drawing a progress bar on stderr.
+
+    On the embedded bus this process runs the handlers and the local workers meanwhile; on
+    Kafka the consumers run elsewhere and this only watches the database.
+    """
+    from functions.registry import FUNCTIONS
+
+    functions = list(FUNCTIONS.values())
+    last = ""
+    with deps.connect() as conn:
+        while True:
+            if deps.settings.embedded_bus:
+                busy = bus.step(conn, deps, functions, functions)
+            else:
+                busy = False
+            scene = scenes.get_scene(conn, scene_id)
+            line = _bar(scene)
+            if draw and line != last:
+                end = "\r" if sys.stderr.isatty() else "\n"
+                print(line, end=end, file=sys.stderr, flush=True)
+                last = line
+            idle_dispatcher = not getattr(deps.dispatcher, "busy", False) if deps.settings.dispatcher == "local" else True
+            if scene["status"] in TERMINAL and not busy and idle_dispatcher:
+                if draw and sys.stderr.isatty():
+                    print(file=sys.stderr)
+                return scene
+            if not busy:
+                time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_jobs_submit(deps, args) -> int:
+    spec = _segment_specs(args)
+    missing = [f"--{k}" for k in ("project", "scene", "aspect") if not spec.get(k)]
+    if missing:
+        raise InvalidInput(f"missing {', '.join(missing)} (on the command line or in the spec file)")
+    scene_id = scenes.submit_scene(deps, project=spec["project"], name=spec["scene"], aspect=spec["aspect"],
+                                   segments=spec["segments"], tier=spec["tier"], model=spec["model"])
+    if args.wait:
+        scene = wait_for_scene(deps, scene_id, draw=True)
+    else:
+        with deps.connect() as conn:
+            scene = scenes.get_scene(conn, scene_id)
+    if args.json:
+        print(json.dumps(scene, indent=2))
+    else:
+        print_scene(scene)
+    return 1 if args.wait and scene["status"] == "failed" else 0
+
+
+def cmd_scenes_show(deps, args) -> int:
+    with deps.connect() as conn:
+        scene = scenes.get_scene(conn, args.scene_id)
+    if args.wait:
+        scene = wait_for_scene(deps, args.scene_id)
+    if args.json:
+        print(json.dumps(scene, indent=2))
+    else:
+        print_scene(scene)
+    return 0
+
+
+def cmd_scenes_list(deps, args) -> int:
+    with deps.connect() as conn:
+        found = scenes.list_scenes(conn, args.project, args.limit)
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    from functions.cli import _print_table
+
+    _print_table(["ID", "PROJECT", "NAME", "TIER", "SIZE", "STATUS", "PROGRESS", "SEGMENTS", "FROM"],
+                 [[s["scene_id"], s["project"], s["name"], s["tier"], _size(s), s["status"], f"{s['progress']:g}%",
+                   len(s["segments"]), s["upscaled_from_scene_id"] or "-"] for s in found])
+    return 0
+
+
+def cmd_usage(deps, args) -> int:
+    with deps.connect() as conn:
+        rows = conn.execute(
+            """SELECT p.name AS project, t.name AS tier, count(j.id) AS jobs,
+                      COALESCE(sum(j.device_seconds), 0) AS device_seconds
+               FROM generation_jobs j JOIN segments g ON g.id = j.segment_id JOIN scenes s ON s.id = g.scene_id
+               JOIN projects p ON p.id = s.project_id JOIN resolution_tiers t ON t.id = s.resolution_tier_id
+               WHERE j.device_seconds IS NOT NULL
+               GROUP BY p.name, t.name, t.sort_order ORDER BY p.name, t.sort_order""").fetchall()
+    by_tier: dict[str, float] = {}
+    by_project: dict[str, float] = {}
+    for row in rows:
+        by_tier[row["tier"]] = by_tier.get(row["tier"], 0) + row["device_seconds"]
+        by_project[row["project"]] = by_project.get(row["project"], 0) + row["device_seconds"]
+    usage = {"rows": [{**r, "device_seconds": round(r["device_seconds"], 3)} for r in rows],
+             "by_tier": {k: round(v, 3) for k, v in by_tier.items()},
+             "by_project": {k: round(v, 3) for k, v in by_project.items()},
+             "total_device_seconds": round(sum(by_tier.values()), 3)}
+    if args.json:
+        print(json.dumps(usage, indent=2))
+        return 0
+    from functions.cli import _print_table
+
+    _print_table(["PROJECT", "TIER", "JOBS", "DEVICE-SECONDS"],
+                 [[r["project"], r["tier"], r["jobs"], f"{r['device_seconds']:.1f}"] for r in rows])
+    print(f"total: {usage['total_device_seconds']:.1f} device-seconds")
+    return 0
+
+
+def cmd_jobs_follow(deps, args) -> int:
+    if deps.settings.dispatcher != "batch":
+        print("nothing to follow: the local dispatcher reports its workers' failures itself")
+        return 0
+    while True:
+        with deps.uow() as uow:
+            reported = deps.dispatcher.follow(uow.conn, uow.emit)
+        if reported:
+            print(f"reported {reported} AWS Batch job(s) that ended without a result", flush=True)
+        if args.once:
+            return 0
+        time.sleep(args.interval)
+
+
+def cmd_model_tiny(deps, args) -> int:
+    from shared.generation import build_tiny_model
+
+    path = build_tiny_model(Path(args.directory))
+    print(json.dumps({"model": str(path)}) if args.json else f"built the tiny text-to-video model in {path}")
+    return 0
+
+
+def cmd_worker(deps, args) -> int:
+    from functions import worker
+
+    return worker.main(["--job", args.job] if args.job else ["--job-json", args.job_json])
+
+
+def register(commands, add_command) -> None:
+    """Add these commands to the `tierflow` parser."""
+    jobs_parser = commands.add_parser("jobs", help="submit generation jobs")
+    job_commands = jobs_parser.add_subparsers(dest="jobs_command", required=True, metavar="COMMAND",
+                                              parser_class=type(jobs_parser))
+    submit = add_command(job_commands, "submit", cmd_jobs_submit,
+                         "submit a scene: one segment per --prompt, generated at a tier")
+    submit.set_defaults(segments=None)
+    submit.add_argument("--project", help="project name (created on first use)")
+    submit.add_argument("--scene", help="scene name")
+    submit.add_argument("--aspect", metavar="W:H", help="aspect ratio, e.g. 16:9, 9:16, 2.39:1")
+    submit.add_argument("--tier", help="resolution tier (default: the default tier)")
+    submit.add_argument("--model", help="diffusers model directory or hub id (default: TIERFLOW_MODEL)")
+    submit.add_argument("--spec", metavar="FILE.json", help="the whole job as JSON: project, scene, aspect, tier, "
+                        "model, segments [{prompt, negative_prompt, seed, frames, fps, steps, guidance, scheduler}]")
+    submit.add_argument("--prompt", action=_StartSegment, help="starts a new segment with this prompt")
+    submit.add_argument("--negative-prompt", dest="negative_prompt", action=_SegmentOption, help="per segment")
+    submit.add_argument("--seed", type=int, action=_SegmentOption, help="per segment (default: random, stored)")
+    submit.add_argument("--frames", type=int, action=_SegmentOption, help=f"per segment (default {scenes.SEGMENT_DEFAULTS['frames']})")
+    submit.add_argument("--fps", type=int, action=_SegmentOption, help=f"per segment (default {scenes.SEGMENT_DEFAULTS['fps']})")
+    submit.add_argument("--steps", type=int, action=_SegmentOption, help=f"per segment (default {scenes.SEGMENT_DEFAULTS['steps']})")
+    submit.add_argument("--guidance", type=float, action=_SegmentOption, help=f"per segment (default {scenes.SEGMENT_DEFAULTS['guidance']})")
+    submit.add_argument("--scheduler", action=_SegmentOption, help="per segment (default: the model's)")
+    submit.add_argument("--wait", action="store_true", help="follow the scene to the end with a progress bar")
+
+    follow = add_command(job_commands, "follow", cmd_jobs_follow,
+                         "report AWS Batch jobs that ended without a result (failed to start, killed)",
+                         json_output=False)
+    follow.add_argument("--once", action="store_true", help="check once and exit")
+    follow.add_argument("--interval", type=float, default=30.0, help="seconds between checks (default 30)")
+
+    scene_parser = commands.add_parser("scenes", help="scenes: show, list")
+    scene_commands = scene_parser.add_subparsers(dest="scenes_command", required=True, metavar="COMMAND",
+                                                 parser_class=type(scene_parser))
+    show = add_command(scene_commands, "show", cmd_scenes_show, "show a scene: tier, size, status, progress, segments")
+    show.add_argument("scene_id", type=int, metavar="ID")
+    show.add_argument("--wait", action="store_true", help="follow it to the end first")
+    listing = add_command(scene_commands, "list", cmd_scenes_list, "list scenes, newest first")
+    listing.add_argument("--project", help="only this project's scenes")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+
+    add_command(commands, "usage", cmd_usage, "GPU time (device-seconds) per project and tier")
+
+    model_parser = commands.add_parser("model", help="generation models")
+    model_commands = model_parser.add_subparsers(dest="model_command", required=True, metavar="COMMAND",
+                                                 parser_class=type(model_parser))
+    tiny = add_command(model_commands, "tiny", cmd_model_tiny,
+                       "build the tiny random-weight text-to-video pipeline offline (tests and the embedded default)")
+    tiny.add_argument("directory", metavar="DIR")
+
+    worker = add_command(commands, "worker", cmd_worker, "run one generation job (the worker container's entrypoint)",
+                         json_output=False)
+    source = worker.add_mutually_exclusive_group(required=True)
+    source.add_argument("--job", metavar="JOB.json", help="job document file")
+    source.add_argument("--job-json", metavar="JSON", help="job document as JSON")

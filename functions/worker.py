@@ -1,0 +1,139 @@
+"""The GPU worker: renders one generation job and reports back with events.
+
+Entrypoint of the worker container and of `tierflow worker --job JOB.json` (or `--job-json`):
+loads the job's model with `DiffusionPipeline.from_pretrained`, renders the segment at the
+scene's size with a seeded generator (CUDA in half precision when present, else CPU), encodes
+the MP4 with the tier's quality settings, and writes the MP4, a poster PNG and a metadata JSON
+under the job's own prefix in S3 (a re-run overwrites the same keys). It reports
+generation.progress after every denoising step and generation.completed or generation.failed
+with a reason a person understands.
+
+Exit status: 0 done, 3 failed and reported, 2 the job document itself is unreadable.
+"""
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from events import GenerationCompleted, GenerationFailed, GenerationProgress, Recipe
+from events.errors import InvalidEvent, validated
+from shared.bootstrap import Deps
+from shared.config import load_settings
+from shared.dispatch import WORKER_REPORTED_FAILURE
+from shared.errors import InvalidInput, TierflowError
+
+
+class JobDocument(BaseModel):
+    """What a dispatcher hands a worker (see shared.dispatch.job_document)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    job_id: int = Field(gt=0)
+    scene_id: int = Field(gt=0)
+    segment_id: int = Field(gt=0)
+    attempt: int = Field(ge=1)
+    tier: str
+    width: int = Field(ge=8, le=8192, multiple_of=8)
+    height: int = Field(ge=8, le=8192, multiple_of=8)
+    recipe: Recipe
+    quality_settings: dict | None = None
+    output_prefix: str = Field(min_length=1)
+
+
+def _failure_reason(exc: BaseException, device: str) -> str:
+    """Say what went wrong the way an operator can act on it."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return f"out of memory on {device}: use a lower tier, fewer frames, or a GPU with more memory ({exc})"
+    if isinstance(exc, TierflowError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run_job(deps: Deps, job: JobDocument) -> GenerationCompleted:
+    """Render, encode, upload and report one job; raises after reporting a failure."""
+    from shared import generation
+
+    def report(event) -> None:
+        with deps.uow() as uow:
+            uow.emit(event)
+
+    ids = {"job_id": job.job_id, "scene_id": job.scene_id, "segment_id": job.segment_id}
+    device = generation.pick_device()
+    try:
+        recipe = job.recipe
+        pipeline = generation.load_pipeline(recipe.model, device)
+        started = time.monotonic()
+        frames = generation.render(
+            pipeline, prompt=recipe.prompt, negative_prompt=recipe.negative_prompt, seed=recipe.seed,
+            frames=recipe.frames, steps=recipe.steps, guidance=recipe.guidance, width=job.width,
+            height=job.height, device=device,
+            on_step=lambda step, total: report(GenerationProgress(**ids, step=step, total_steps=total)),
+        )
+        device_seconds = time.monotonic() - started
+        video = generation.encode_mp4(frames, recipe.fps, job.quality_settings)
+        sha256 = hashlib.sha256(video).hexdigest()
+        keys = {name: job.output_prefix + name for name in ("video.mp4", "poster.png", "metadata.json")}
+        metadata = {
+            **ids, "attempt": job.attempt, "tier": job.tier, "recipe": recipe.model_dump(mode="json"),
+            "width": job.width, "height": job.height, "frames": int(frames.shape[0]), "fps": recipe.fps,
+            "sha256": sha256, "device": device, "device_seconds": round(device_seconds, 3),
+            "quality_settings": job.quality_settings, "video_key": keys["video.mp4"],
+        }
+        s3 = deps.s3
+        s3.put_object(Bucket=deps.bucket, Key=keys["video.mp4"], Body=video, ContentType="video/mp4")
+        s3.put_object(Bucket=deps.bucket, Key=keys["poster.png"], Body=generation.poster_png(frames),
+                      ContentType="image/png")
+        s3.put_object(Bucket=deps.bucket, Key=keys["metadata.json"], Body=json.dumps(metadata, indent=2).encode(),
+                      ContentType="application/json")
+        completed = GenerationCompleted(
+            **ids, video_key=keys["video.mp4"], poster_key=keys["poster.png"], metadata_key=keys["metadata.json"],
+            sha256=sha256, width=job.width, height=job.height, frames=int(frames.shape[0]), device=device,
+            device_seconds=round(device_seconds, 3))
+        report(completed)
+        return completed
+    except Exception as exc:
+        report(GenerationFailed(**ids, reason=_failure_reason(exc, device),
+                                retryable=not isinstance(exc, InvalidInput)))
+        raise
+
+
+def read_job(path: str | None, inline: str | None) -> JobDocument:
+    """The job document from a file or from the command line (AWS Batch passes it inline)."""
+    try:
+        raw = Path(path).read_text() if path else inline
+        return validated(JobDocument, json.loads(raw), what="bad job document")
+    except (OSError, ValueError, InvalidEvent) as exc:
+        raise InvalidInput(f"cannot read the job: {exc}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m functions.worker --job FILE | --job-json JSON`."""
+    parser = argparse.ArgumentParser(prog="tierflow worker", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--job", metavar="JOB.json", help="job document written by the dispatcher")
+    source.add_argument("--job-json", metavar="JSON", help="the job document itself")
+    args = parser.parse_args(argv)
+    try:
+        job = read_job(args.job, args.job_json)
+    except InvalidInput as exc:
+        print(f"tierflow worker: {exc}", file=sys.stderr)
+        return 2
+    deps = Deps(load_settings(), source="urn:tierflow:worker")
+    try:
+        completed = run_job(deps, job)
+    except Exception as exc:  # noqa: BLE001 - reported as generation.failed already
+        print(f"tierflow worker: job {job.job_id} failed: {exc}", file=sys.stderr)
+        return WORKER_REPORTED_FAILURE
+    print(json.dumps(completed.model_dump(mode="json")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

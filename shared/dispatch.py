@@ -1,0 +1,181 @@
+"""Dispatchers: where a generation job's worker runs. One interface, two places:
+
+- `LocalDispatcher` (embedded default): worker processes on this machine (CPU or a local GPU),
+  at most `TIERFLOW_LOCAL_WORKERS` at once;
+- `BatchDispatcher`: AWS Batch, one job per segment on a GPU job queue, with GPU, vCPU and
+  memory requirements.
+
+Either way the worker reports back with generation.progress / completed / failed events, which
+`on_generation_result` applies. A dispatcher only starts work; it never changes job state.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+
+from events import GenerationFailed
+from shared.scenes import job_prefix
+
+# The worker exits with this status after it reported its own failure as an event.
+WORKER_REPORTED_FAILURE = 3
+
+
+def job_document(conn: psycopg.Connection, job_id: int) -> dict:
+    """Everything a worker needs to run one job, with no database access of its own for reading."""
+    row = conn.execute(
+        """SELECT j.id AS job_id, j.attempt, g.id AS segment_id, g.position, s.id AS scene_id, s.width, s.height,
+                  t.name AS tier, t.quality_settings, g.prompt, g.negative_prompt, g.seed, g.frames, g.fps,
+                  g.steps, g.guidance, g.model, g.scheduler
+           FROM generation_jobs j JOIN segments g ON g.id = j.segment_id JOIN scenes s ON s.id = g.scene_id
+           JOIN resolution_tiers t ON t.id = s.resolution_tier_id
+           WHERE j.id = %s""",
+        [job_id],
+    ).fetchone()
+    recipe_fields = ("prompt", "negative_prompt", "seed", "frames", "fps", "steps", "guidance", "model", "scheduler")
+    return {
+        "job_id": row["job_id"], "scene_id": row["scene_id"], "segment_id": row["segment_id"],
+        "attempt": row["attempt"], "tier": row["tier"], "width": row["width"], "height": row["height"],
+        "recipe": {k: row[k] for k in recipe_fields},
+        "quality_settings": row["quality_settings"],
+        "output_prefix": job_prefix(row["scene_id"], row["position"], row["job_id"]),
+    }
+
+
+def worker_environment(deps) -> dict[str, str]:
+    """The settings a worker process needs, as TIERFLOW_* variables (it may run elsewhere)."""
+    settings = deps.settings
+    env = {
+        "TIERFLOW_HOME": str(settings.home.resolve()),
+        "TIERFLOW_DATABASE_URL": deps.database_url,
+        "TIERFLOW_S3_BUCKET": settings.s3_bucket,
+        "TIERFLOW_AWS_REGION": settings.aws_region,
+    }
+    if settings.s3_endpoint_url:
+        env["TIERFLOW_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+    if settings.kafka_bootstrap:
+        env["TIERFLOW_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    return env
+
+
+class LocalDispatcher:
+    """Runs each job as `python -m functions.worker --job FILE` on this machine."""
+
+    name = "local"
+
+    def __init__(self, deps):
+        self.deps = deps
+        self.jobs_dir = deps.settings.home.resolve() / "jobs"
+        self.pool = ThreadPoolExecutor(max_workers=deps.settings.local_workers, thread_name_prefix="worker")
+        self._running = 0
+        self._lock = threading.Lock()
+
+    def submit(self, job: dict, delay_seconds: float = 0.0) -> str:
+        """Queue the job; it starts after `delay_seconds` (retry backoff) when a slot is free."""
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        path = self.jobs_dir / f"job-{job['job_id']}.json"
+        path.write_text(json.dumps(job, indent=2))
+        with self._lock:
+            self._running += 1
+        self.pool.submit(self._run, job, path, delay_seconds)
+        return f"local:{path.name}"
+
+    @property
+    def busy(self) -> bool:
+        """True while a job submitted here is waiting or running."""
+        with self._lock:
+            return self._running > 0
+
+    def _run(self, job: dict, path: Path, delay_seconds: float) -> None:
+        try:
+            time.sleep(delay_seconds)
+            env = {**{k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")},
+                   **worker_environment(self.deps)}
+            result = subprocess.run([sys.executable, "-m", "functions.worker", "--job", str(path)],
+                                    env=env, capture_output=True, text=True)
+            if result.returncode not in (0, WORKER_REPORTED_FAILURE):
+                # Killed or crashed before it could say why: report it for the worker.
+                tail = " ".join((result.stderr or "").strip().splitlines()[-3:])[-500:]
+                self._report_failure(job, f"the worker process exited with status {result.returncode}: {tail}")
+        except Exception as exc:  # noqa: BLE001 - a job must never vanish without a result
+            self._report_failure(job, f"the local dispatcher could not run the worker: {exc}")
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def _report_failure(self, job: dict, reason: str) -> None:
+        with self.deps.uow() as uow:
+            uow.emit(GenerationFailed(job_id=job["job_id"], scene_id=job["scene_id"], segment_id=job["segment_id"],
+                                      reason=reason, retryable=True))
+
+
+class BatchDispatcher:
+    """Submits each job to an AWS Batch GPU job queue."""
+
+    name = "batch"
+
+    def __init__(self, deps):
+        import boto3
+
+        settings = deps.settings
+        self.settings = settings
+        self.client = boto3.client("batch", endpoint_url=settings.batch_endpoint_url, region_name=settings.aws_region)
+
+    def submit(self, job: dict, delay_seconds: float = 0.0) -> str:
+        """Submit the job; returns the Batch job id. (Batch has no start delay: its queue is the backoff.)"""
+        settings = self.settings
+        requirements = [{"type": "VCPU", "value": str(settings.batch_vcpus)},
+                        {"type": "MEMORY", "value": str(settings.batch_memory_mib)}]
+        if settings.batch_gpus:
+            requirements.append({"type": "GPU", "value": str(settings.batch_gpus)})
+        response = self.client.submit_job(
+            jobName=f"tierflow-scene{job['scene_id']}-job{job['job_id']}",
+            jobQueue=settings.batch_job_queue,
+            jobDefinition=settings.batch_job_definition,
+            containerOverrides={
+                "command": ["tierflow", "worker", "--job-json", json.dumps(job, separators=(",", ":"))],
+                "resourceRequirements": requirements,
+            },
+            retryStrategy={"attempts": 1},  # Tierflow retries itself, with a new attempt row
+            tags={"tierflow-scene": str(job["scene_id"]), "tierflow-job": str(job["job_id"])},
+        )
+        return response["jobId"]
+
+    def follow(self, conn: psycopg.Connection, emit) -> int:
+        """Report Batch jobs that ended without the worker saying so (failed to start, killed).
+        Returns how many were reported."""
+        rows = conn.execute(
+            """SELECT j.id, j.external_job_id, g.id AS segment_id, g.scene_id FROM generation_jobs j
+               JOIN segments g ON g.id = j.segment_id
+               WHERE j.dispatcher = 'batch' AND j.status IN ('queued', 'running') AND j.external_job_id IS NOT NULL""",
+        ).fetchall()
+        reported = 0
+        for start in range(0, len(rows), 100):  # describe_jobs takes 100 ids at a time
+            chunk = {r["external_job_id"]: r for r in rows[start:start + 100]}
+            for described in self.client.describe_jobs(jobs=list(chunk))["jobs"]:
+                row = chunk[described["jobId"]]
+                if described["status"] == "FAILED":
+                    reason = f"AWS Batch job {described['jobId']} failed: {described.get('statusReason', 'no reason given')}"
+                elif described["status"] == "SUCCEEDED" and not _reported(conn, row["id"]):
+                    reason = f"AWS Batch job {described['jobId']} ended without reporting a result"
+                else:
+                    continue
+                emit(GenerationFailed(job_id=row["id"], scene_id=row["scene_id"], segment_id=row["segment_id"],
+                                      reason=reason, retryable=True))
+                reported += 1
+        return reported
+
+
+def _reported(conn: psycopg.Connection, job_id: int) -> bool:
+    # The worker's result may still be on its way to the handler: it is in the outbox already.
+    return conn.execute(
+        "SELECT 1 FROM outbox WHERE topic IN ('generation.completed', 'generation.failed') "
+        "AND payload -> 'data' ->> 'job_id' = %s LIMIT 1",
+        [str(job_id)],
+    ).fetchone() is not None
