@@ -222,6 +222,10 @@ class GenerationCompleted(Event):
     frames: Integer = Field(ge=1)
     device: str = Field(min_length=1, max_length=200, description="Where it ran, e.g. cuda:0 or cpu.")
     device_seconds: float = Field(ge=0, le=MAX_DEVICE_SECONDS)
+    # Upscales only: the target's frames downscaled to the source size against the source's.
+    ssim: float | None = Field(default=None, ge=-1, le=1, description="Mean SSIM against the source segment.")
+    psnr: float | None = Field(default=None, ge=0, le=100, description="Mean PSNR (dB) against the source segment.")
+    comparison_key: ObjectKey | None = Field(default=None, description="Side-by-side image, source | target.")
 
 
 class GenerationFailed(Event):

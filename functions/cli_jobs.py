@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared import bus, scenes
+from shared import bus, scenes, upscale
 from shared.errors import InvalidInput
 
 TERMINAL = ("generated", "approved", "failed")
@@ -59,6 +59,10 @@ def print_scene(scene: dict) -> None:
     print(f"scene {scene['scene_id']} '{scene['name']}' (project {scene['project']})")
     print(f"  tier {scene['tier']} at {_size(scene)} ({scene['aspect']}), {scene['status']}, {scene['progress']:g}%")
     print(f"  recipe hash {scene['recipe_hash']}")
+    if len(scene.get("lineage", [])) > 1:
+        chain = " → ".join(f"{v['scene_id']} {v['tier']} {v['width']}×{v['height']} {v['status']}"
+                           for v in scene["lineage"])
+        print(f"  lineage: {chain}")
     for segment in scene["segments"]:
         recipe, job = segment["recipe"], segment["job"] or {}
         print(f"  segment {segment['position']}: {segment['status']}, seed {recipe['seed']}, {recipe['frames']} frames "
@@ -71,7 +75,11 @@ def print_scene(scene: dict) -> None:
             if job["error"]:
                 print(f"    error: {job['error']}")
         if segment["outputs"]:
-            print(f"    video s3://…/{segment['outputs']['video']} (sha256 {segment['outputs']['sha256'][:12]}…)")
+            print(f"    video {segment['outputs']['video']} (sha256 {segment['outputs']['sha256'][:12]}…)")
+        if segment["ssim"] is not None:
+            flag = "  ⚠ below the similarity threshold: review before delivery" if segment["similarity_flagged"] else ""
+            print(f"    vs source: SSIM {segment['ssim']:.3f}, PSNR {segment['psnr']:.1f} dB, "
+                  f"side by side {segment['outputs']['comparison']}{flag}")
 
 
 def _bar(scene: dict) -> str:
@@ -79,8 +87,9 @@ def _bar(scene: dict) -> str:
     return f"scene {scene['scene_id']} [{'#' * filled}{'.' * (20 - filled)}] {scene['progress']:5.1f}% {scene['status']}"
 
 
-def wait_for_scene(deps, scene_id: int, draw: bool = True) -> dict:
-    """Follow a scene until it is generated or failed, drawing a progress bar on stderr.
+def run_until(deps, done, on_tick=None, settle: bool = True) -> None:
+    """Run (embedded bus) or watch (Kafka) until `done(conn)` holds (and, with `settle`, nothing
+    is in flight any more).
 
     On the embedded bus this process runs the handlers and the local workers meanwhile; on
     Kafka the consumers run elsewhere and this only watches the database.
@@ -88,26 +97,55 @@ def wait_for_scene(deps, scene_id: int, draw: bool = True) -> dict:
     from functions.registry import FUNCTIONS
 
     functions = list(FUNCTIONS.values())
-    last = ""
     with deps.connect() as conn:
         while True:
-            if deps.settings.embedded_bus:
-                busy = bus.step(conn, deps, functions, functions)
-            else:
-                busy = False
-            scene = scenes.get_scene(conn, scene_id)
-            line = _bar(scene)
-            if draw and line != last:
-                end = "\r" if sys.stderr.isatty() else "\n"
-                print(line, end=end, file=sys.stderr, flush=True)
-                last = line
-            idle_dispatcher = not getattr(deps.dispatcher, "busy", False) if deps.settings.dispatcher == "local" else True
-            if scene["status"] in TERMINAL and not busy and idle_dispatcher:
-                if draw and sys.stderr.isatty():
-                    print(file=sys.stderr)
-                return scene
+            busy = bus.step(conn, deps, functions, functions) if deps.settings.embedded_bus else False
+            if on_tick:
+                on_tick(conn)
+            workers_busy = deps.settings.dispatcher == "local" and deps.dispatcher.busy
+            if (not settle or (not busy and not workers_busy)) and done(conn):
+                return
             if not busy:
                 time.sleep(0.2)
+
+
+def wait_for_scene(deps, scene_id: int, draw: bool = True) -> dict:
+    """Follow a scene until it is generated or failed, drawing a progress bar on stderr."""
+    state = {"scene": None, "line": ""}
+
+    def tick(conn) -> None:
+        state["scene"] = scenes.get_scene(conn, scene_id)
+        line = _bar(state["scene"])
+        if draw and line != state["line"]:
+            print(line, end="\r" if sys.stderr.isatty() else "\n", file=sys.stderr, flush=True)
+            state["line"] = line
+
+    run_until(deps, lambda conn: state["scene"]["status"] in TERMINAL, tick)
+    if draw and sys.stderr.isatty():
+        print(file=sys.stderr)
+    return state["scene"]
+
+
+def approval_settled(conn, scene_id: int, event_id: str) -> bool:
+    """The approval event was applied and, where the project upscales automatically, the
+    target scene exists."""
+    row = conn.execute(
+        """SELECT EXISTS (SELECT 1 FROM processed_events WHERE event_id = %(event)s) AS applied,
+                  EXISTS (SELECT 1 FROM scenes WHERE upscaled_from_scene_id = %(scene)s) AS has_target,
+                  COALESCE(auto.sort_order > t.sort_order, false) AS expects_target
+           FROM scenes s JOIN projects p ON p.id = s.project_id JOIN resolution_tiers t ON t.id = s.resolution_tier_id
+           LEFT JOIN resolution_tiers auto ON auto.id = p.auto_upscale_to_tier_id
+           WHERE s.id = %(scene)s""",
+        {"event": event_id, "scene": scene_id},
+    ).fetchone()
+    return row["applied"] and (row["has_target"] or not row["expects_target"])
+
+
+def upscale_target_of(conn, scene_id: int) -> int | None:
+    """The newest scene re-generated from `scene_id`, if any."""
+    row = conn.execute("SELECT id FROM scenes WHERE upscaled_from_scene_id = %s ORDER BY id DESC LIMIT 1",
+                       [scene_id]).fetchone()
+    return row["id"] if row else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,28 +159,11 @@ def cmd_jobs_submit(deps, args) -> int:
         raise InvalidInput(f"missing {', '.join(missing)} (on the command line or in the spec file)")
     scene_id = scenes.submit_scene(deps, project=spec["project"], name=spec["scene"], aspect=spec["aspect"],
                                    segments=spec["segments"], tier=spec["tier"], model=spec["model"])
-    if args.wait:
-        scene = wait_for_scene(deps, scene_id, draw=True)
-    else:
-        with deps.connect() as conn:
-            scene = scenes.get_scene(conn, scene_id)
-    if args.json:
-        print(json.dumps(scene, indent=2))
-    else:
-        print_scene(scene)
-    return 1 if args.wait and scene["status"] == "failed" else 0
+    return _show_result(deps, scene_id, args)
 
 
 def cmd_scenes_show(deps, args) -> int:
-    with deps.connect() as conn:
-        scene = scenes.get_scene(conn, args.scene_id)
-    if args.wait:
-        scene = wait_for_scene(deps, args.scene_id)
-    if args.json:
-        print(json.dumps(scene, indent=2))
-    else:
-        print_scene(scene)
-    return 0
+    return _show_result(deps, args.scene_id, args)
 
 
 def cmd_scenes_list(deps, args) -> int:
@@ -156,6 +177,58 @@ def cmd_scenes_list(deps, args) -> int:
     _print_table(["ID", "PROJECT", "NAME", "TIER", "SIZE", "STATUS", "PROGRESS", "SEGMENTS", "FROM"],
                  [[s["scene_id"], s["project"], s["name"], s["tier"], _size(s), s["status"], f"{s['progress']:g}%",
                    len(s["segments"]), s["upscaled_from_scene_id"] or "-"] for s in found])
+    return 0
+
+
+def _show_result(deps, scene_id: int, args) -> int:
+    scene = wait_for_scene(deps, scene_id) if args.wait else None
+    if scene is None:
+        with deps.connect() as conn:
+            scene = scenes.get_scene(conn, scene_id)
+    if args.json:
+        print(json.dumps(scene, indent=2))
+    else:
+        print_scene(scene)
+    return 1 if args.wait and scene["status"] == "failed" else 0
+
+
+def cmd_scenes_upscale(deps, args) -> int:
+    target_id = upscale.request_upscale(deps, args.scene_id, args.to, requested_by="cli")
+    if args.json and not args.wait:
+        with deps.connect() as conn:
+            print(json.dumps({"target_scene_id": target_id, **scenes.get_scene(conn, target_id)}, indent=2))
+        return 0
+    return _show_result(deps, target_id, args)
+
+
+def cmd_scenes_approve(deps, args) -> int:
+    event_id = upscale.approve(deps, args.scene_id, approved_by="cli")
+    if not args.wait:
+        print(json.dumps({"event_id": event_id, "scene_id": args.scene_id}) if args.json
+              else f"published scene.approved for scene {args.scene_id} (event {event_id})")
+        return 0
+    # Until the approval is applied, then through the automatic upscale if there is one.
+    run_until(deps, lambda conn: approval_settled(conn, args.scene_id, event_id), settle=False)
+    with deps.connect() as conn:
+        target = upscale_target_of(conn, args.scene_id)
+    return _show_result(deps, target or args.scene_id, args)
+
+
+def cmd_scenes_retry(deps, args) -> int:
+    jobs = upscale.retry_failed_segments(deps, args.scene_id)
+    if not args.json and not args.wait:
+        print(f"retrying {len(jobs)} failed segment(s) of scene {args.scene_id}: job(s) {', '.join(map(str, jobs))}")
+        return 0
+    return _show_result(deps, args.scene_id, args)
+
+
+def cmd_projects_set(deps, args) -> int:
+    tier = None if args.auto_upscale_to.lower() == "none" else args.auto_upscale_to
+    upscale.set_auto_upscale(deps, args.name, tier)
+    result = {"project": args.name, "auto_upscale_to": tier}
+    print(json.dumps(result) if args.json else
+          f"project {args.name}: approved scenes are upscaled to {tier}" if tier else
+          f"project {args.name}: no automatic upscale")
     return 0
 
 
@@ -253,11 +326,31 @@ def register(commands, add_command) -> None:
     show = add_command(scene_commands, "show", cmd_scenes_show, "show a scene: tier, size, status, progress, segments")
     show.add_argument("scene_id", type=int, metavar="ID")
     show.add_argument("--wait", action="store_true", help="follow it to the end first")
+    up = add_command(scene_commands, "upscale", cmd_scenes_upscale,
+                     "re-generate a scene at a higher tier with the identical recipe (a new, linked scene)")
+    up.add_argument("scene_id", type=int, metavar="ID")
+    up.add_argument("--to", required=True, metavar="TIER", help="target tier, higher than the scene's")
+    up.add_argument("--wait", action="store_true", help="follow the target scene to the end")
+    approve = add_command(scene_commands, "approve", cmd_scenes_approve,
+                          "approve a generated scene (publishes scene.approved; may start the auto-upscale)")
+    approve.add_argument("scene_id", type=int, metavar="ID")
+    approve.add_argument("--wait", action="store_true", help="follow the approval and any automatic upscale")
+    retry = add_command(scene_commands, "retry", cmd_scenes_retry, "re-run only the failed segments of a scene")
+    retry.add_argument("scene_id", type=int, metavar="ID")
+    retry.add_argument("--wait", action="store_true", help="follow the scene to the end")
     listing = add_command(scene_commands, "list", cmd_scenes_list, "list scenes, newest first")
     listing.add_argument("--project", help="only this project's scenes")
     listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
 
     add_command(commands, "usage", cmd_usage, "GPU time (device-seconds) per project and tier")
+
+    project_parser = commands.add_parser("projects", help="project settings")
+    project_commands = project_parser.add_subparsers(dest="projects_command", required=True, metavar="COMMAND",
+                                                     parser_class=type(project_parser))
+    project_set = add_command(project_commands, "set", cmd_projects_set, "set a project's auto-upscale policy")
+    project_set.add_argument("name", metavar="NAME")
+    project_set.add_argument("--auto-upscale-to", required=True, metavar="TIER|none",
+                             help="upscale approved scenes to this tier automatically (none: off)")
 
     model_parser = commands.add_parser("model", help="generation models")
     model_commands = model_parser.add_subparsers(dest="model_command", required=True, metavar="COMMAND",

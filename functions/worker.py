@@ -28,6 +28,16 @@ from shared.dispatch import WORKER_REPORTED_FAILURE
 from shared.errors import InvalidInput, TierflowError
 
 
+class SourceSegment(BaseModel):
+    """The source scene's segment an upscale is compared with."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    video_key: str = Field(min_length=1)
+    width: int = Field(ge=8, le=8192)
+    height: int = Field(ge=8, le=8192)
+
+
 class JobDocument(BaseModel):
     """What a dispatcher hands a worker (see shared.dispatch.job_document)."""
 
@@ -43,6 +53,7 @@ class JobDocument(BaseModel):
     recipe: Recipe
     quality_settings: dict | None = None
     output_prefix: str = Field(min_length=1)
+    compare_with: SourceSegment | None = None
 
 
 def _failure_reason(exc: BaseException, device: str) -> str:
@@ -87,6 +98,10 @@ def run_job(deps: Deps, job: JobDocument) -> GenerationCompleted:
             "quality_settings": job.quality_settings, "video_key": keys["video.mp4"],
         }
         s3 = deps.s3
+        similarity = {}
+        if job.compare_with:
+            similarity = _compare(s3, deps.bucket, job, frames)
+            metadata.update({k: v for k, v in similarity.items() if k != "comparison_key"})
         s3.put_object(Bucket=deps.bucket, Key=keys["video.mp4"], Body=video, ContentType="video/mp4")
         s3.put_object(Bucket=deps.bucket, Key=keys["poster.png"], Body=generation.poster_png(frames),
                       ContentType="image/png")
@@ -95,13 +110,25 @@ def run_job(deps: Deps, job: JobDocument) -> GenerationCompleted:
         completed = GenerationCompleted(
             **ids, video_key=keys["video.mp4"], poster_key=keys["poster.png"], metadata_key=keys["metadata.json"],
             sha256=sha256, width=job.width, height=job.height, frames=int(frames.shape[0]), device=device,
-            device_seconds=round(device_seconds, 3))
+            device_seconds=round(device_seconds, 3), **similarity)
         report(completed)
         return completed
     except Exception as exc:
         report(GenerationFailed(**ids, reason=_failure_reason(exc, device),
                                 retryable=not isinstance(exc, InvalidInput)))
         raise
+
+
+def _compare(s3, bucket: str, job: JobDocument, frames) -> dict:
+    """SSIM and PSNR against the source segment, and the side-by-side image, written to S3."""
+    from shared import generation, similarity
+
+    source_video = s3.get_object(Bucket=bucket, Key=job.compare_with.video_key)["Body"].read()
+    source = generation.decode_video(source_video)
+    ssim, psnr = similarity.compare(source, frames)
+    key = job.output_prefix + "comparison.png"
+    s3.put_object(Bucket=bucket, Key=key, Body=similarity.side_by_side_png(source, frames), ContentType="image/png")
+    return {"ssim": round(ssim, 4), "psnr": round(psnr, 2), "comparison_key": key}
 
 
 def read_job(path: str | None, inline: str | None) -> JobDocument:

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     local_workers: int = Field(default=1, ge=1, le=64, description="Worker processes the local dispatcher runs at once.")
     max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts per generation job before it fails for good.")
     retry_backoff_seconds: float = Field(default=2.0, ge=0, le=3600, description="Pause before a retry; doubles each time.")
+    similarity_threshold: float = Field(
+        default=0.5, ge=-1, le=1,
+        description="An upscaled segment whose SSIM against its source is below this is flagged for review.",
+    )
     batch_endpoint_url: str | None = Field(default=None, description="AWS Batch endpoint (moto server in tests).")
     batch_job_queue: str = Field(default="tierflow-gpu", description="AWS Batch job queue of the GPU workers.")
     batch_job_definition: str = Field(default="tierflow-worker", description="AWS Batch job definition of the worker.")
@@ -96,6 +100,7 @@ class Settings(BaseSettings):
             "local_workers": str(self.local_workers),
             "max_attempts": str(self.max_attempts),
             "retry_backoff_seconds": str(self.retry_backoff_seconds),
+            "similarity_threshold": str(self.similarity_threshold),
             "batch_endpoint_url": self.batch_endpoint_url or "(AWS default)",
             "batch_job_queue": self.batch_job_queue,
             "batch_job_definition": self.batch_job_definition,

@@ -39,12 +39,22 @@ def job_document(conn: psycopg.Connection, job_id: int) -> dict:
         [job_id],
     ).fetchone()
     recipe_fields = ("prompt", "negative_prompt", "seed", "frames", "fps", "steps", "guidance", "model", "scheduler")
+    # An upscale target is compared with the same segment of its source scene.
+    source = conn.execute(
+        """SELECT j.video_key, src.width, src.height
+           FROM scenes s JOIN scenes src ON src.id = s.upscaled_from_scene_id
+           JOIN segments g ON g.scene_id = src.id AND g.position = %s
+           JOIN generation_jobs j ON j.segment_id = g.id AND j.status = 'succeeded'
+           WHERE s.id = %s ORDER BY j.attempt DESC LIMIT 1""",
+        [row["position"], row["scene_id"]],
+    ).fetchone()
     return {
         "job_id": row["job_id"], "scene_id": row["scene_id"], "segment_id": row["segment_id"],
         "attempt": row["attempt"], "tier": row["tier"], "width": row["width"], "height": row["height"],
         "recipe": {k: row[k] for k in recipe_fields},
         "quality_settings": row["quality_settings"],
         "output_prefix": job_prefix(row["scene_id"], row["position"], row["job_id"]),
+        "compare_with": dict(source) if source else None,
     }
 
 

@@ -34,11 +34,11 @@ MAX_SEED = 2**63 - 1  # seeds are stored as PostgreSQL bigint
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 HOW_TO_GET_A_MODEL = "build the tiny one with `tierflow model tiny DIR` or give a model directory or hub id"
 
-# The tiny model. Measured on a 2-core CPU (see bench/tier_cost.py): the cost at 1920x1080 is
-# dominated by the layers that run at the full latent size (UNet3D's temporal transformer_in and
-# the VAE decoder's top block), so the top level is only 4 channels wide, and spatial attention
-# sits only in the lowest of four levels (1/8 of the latent size: 30x17 tokens at 1080p).
-# Attention one level higher costs tens of times more on CPU.
+# The tiny model, sized by measuring 1920x1080 renders on a 2-core CPU (bench/tier_cost.py).
+# Most of the cost is in layers at the full latent size (UNet3D's temporal transformer_in, the
+# VAE decoder's top level): top levels 4 channels wide instead of 8 halved it. Spatial attention
+# sits only in the lowest of four levels (30x17 tokens at 1080p); with three levels (60x34
+# tokens) the attention blocks took five times as long, and one level higher still is far worse.
 TINY_INIT_SEED = 0
 TINY_UNET_CHANNELS = (4, 8, 16, 16)
 TINY_VAE_CHANNELS = (4, 4, 8, 8)  # four levels: the usual 8x latent downsampling
@@ -215,11 +215,14 @@ def _cpu_threads() -> int:
 
 
 def _quiet_progress_bars() -> None:
-    # Workers report progress as events; tqdm bars would only fill their logs.
+    # Workers report progress as events; tqdm bars would only fill their logs. diffusers also
+    # warns that TextToVideoSDPipeline (the tiny model's class) is deprecated: true, and harmless
+    # here, since a real model brings its own pipeline class through from_pretrained.
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
 
 
@@ -232,16 +235,20 @@ def _dtype_argument() -> str:
     return "dtype" if Version(diffusers.__version__) >= Version("0.42") else "torch_dtype"
 
 
-def load_pipeline(model: str, device: str):
+def load_pipeline(model: str, device: str, *, threads: int | None = None):
     """Load a diffusers pipeline from a local directory or a hub id onto `device`.
 
-    Half precision on CUDA, full precision on CPU (where half is slow or unsupported). Raises
-    ModelNotFound with what to do when there is no pipeline to load.
+    Half precision on CUDA, full precision on CPU (where half is slow or unsupported). On CPU
+    torch uses `threads` threads, by default every CPU this process may use; give fewer when
+    several workers share the machine. Raises ModelNotFound with what to do when there is no
+    pipeline to load.
     """
     import torch
     from diffusers import DiffusionPipeline
 
     # 1. find it
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InvalidInput(f"threads {threads!r} must be a whole number of at least 1")
     validate_model(model)
     local = _local_pipeline_dir(model)
     source = str(local) if local else model
@@ -249,7 +256,7 @@ def load_pipeline(model: str, device: str):
     # 2. load it
     _quiet_progress_bars()
     if device == "cpu":
-        torch.set_num_threads(_cpu_threads())
+        torch.set_num_threads(threads or _cpu_threads())
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     try:
         pipeline = DiffusionPipeline.from_pretrained(source, **{_dtype_argument(): dtype})
@@ -466,21 +473,26 @@ def poster_png(frames: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def decode_video(data: bytes) -> np.ndarray:
+    """Every frame of a video as uint8 (frames, height, width, 3)."""
+    import imageio_ffmpeg
+
+    with tempfile.TemporaryDirectory(prefix="tierflow-decode-") as scratch:
+        path = Path(scratch) / "video"
+        path.write_bytes(data)
+        try:
+            reader = imageio_ffmpeg.read_frames(str(path))
+            width, height = next(reader)["size"]
+            frames = [np.frombuffer(chunk, dtype=np.uint8).reshape(height, width, 3) for chunk in reader]
+        except (OSError, RuntimeError, StopIteration, ValueError) as exc:
+            raise InvalidInput(f"not a readable video ({len(data)} bytes): {exc}") from exc
+    return np.stack(frames) if frames else np.zeros((0, height, width, 3), dtype=np.uint8)
+
+
 def probe_video(data: bytes) -> tuple[int, int, int]:
     """(width, height, frame count) of a video, found by decoding every frame.
 
     Used by delivery checks, so it trusts nothing the file merely claims about its length.
     """
-    import imageio_ffmpeg
-
-    with tempfile.TemporaryDirectory(prefix="tierflow-probe-") as scratch:
-        path = Path(scratch) / "video"
-        path.write_bytes(data)
-        try:
-            reader = imageio_ffmpeg.read_frames(str(path))
-            metadata = next(reader)
-            count = sum(1 for _ in reader)
-        except (OSError, RuntimeError, StopIteration) as exc:
-            raise InvalidInput(f"not a readable video ({len(data)} bytes): {exc}") from exc
-    width, height = metadata["size"]
-    return width, height, count
+    frames = decode_video(data)
+    return frames.shape[2], frames.shape[1], frames.shape[0]

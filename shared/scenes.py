@@ -180,7 +180,7 @@ SCENE_QUERY = """
 # The latest attempt of each segment decides its progress and outputs.
 SEGMENT_QUERY = """
     SELECT g.id, g.position, g.status, g.prompt, g.negative_prompt, g.seed, g.frames, g.fps, g.steps,
-           g.guidance, g.model, g.scheduler,
+           g.guidance, g.model, g.scheduler, g.ssim, g.psnr, g.comparison_key, g.similarity_flagged,
            j.id AS job_id, j.attempt, j.status AS job_status, j.progress, j.error, j.device, j.device_seconds,
            j.video_key, j.poster_key, j.metadata_key, j.sha256
     FROM segments g
@@ -201,8 +201,10 @@ def _segment_json(row: dict) -> dict:
         },
         "outputs": None if row["video_key"] is None else {
             "video": row["video_key"], "poster": row["poster_key"], "metadata": row["metadata_key"],
-            "sha256": row["sha256"],
+            "sha256": row["sha256"], "comparison": row["comparison_key"],
         },
+        # Upscaled segments only: similarity to the source segment, flagged below the threshold.
+        "ssim": row["ssim"], "psnr": row["psnr"], "similarity_flagged": row["similarity_flagged"],
     }
 
 
@@ -219,12 +221,20 @@ def _scene_json(conn: psycopg.Connection, row: dict) -> dict:
     }
 
 
+def _lineage_json(conn: psycopg.Connection, scene_id: int) -> list[dict]:
+    chain = lineage(conn, scene_id)
+    by_id = {r["id"]: r for r in conn.execute(SCENE_QUERY + " WHERE s.id = ANY(%s)", [chain]).fetchall()}
+    return [{"scene_id": i, "tier": by_id[i]["tier"], "width": by_id[i]["width"], "height": by_id[i]["height"],
+             "status": by_id[i]["status"], "upscaled_from_scene_id": by_id[i]["upscaled_from_scene_id"]}
+            for i in chain]
+
+
 def get_scene(conn: psycopg.Connection, scene_id: int) -> dict:
     """The documented JSON form of a scene (`tierflow scenes show ID --json`)."""
     row = conn.execute(SCENE_QUERY + " WHERE s.id = %s", [scene_id]).fetchone()
     if row is None:
         raise NotFound(f"scene {scene_id} does not exist")
-    return _scene_json(conn, row)
+    return {**_scene_json(conn, row), "lineage": _lineage_json(conn, scene_id)}
 
 
 def list_scenes(conn: psycopg.Connection, project: str | None = None, limit: int = 100) -> list[dict]:
@@ -232,6 +242,29 @@ def list_scenes(conn: psycopg.Connection, project: str | None = None, limit: int
     where, params = ("WHERE p.name = %s", [project]) if project else ("", [])
     rows = conn.execute(SCENE_QUERY + f" {where} ORDER BY s.id DESC LIMIT %s", [*params, limit]).fetchall()
     return [_scene_json(conn, row) for row in rows]
+
+
+def lineage(conn: psycopg.Connection, scene_id: int) -> list[int]:
+    """The chain a scene belongs to, oldest first (draft → preview → production), both ways."""
+    root = conn.execute(
+        """WITH RECURSIVE up AS (
+               SELECT id, upscaled_from_scene_id, 0 AS depth FROM scenes WHERE id = %s
+               UNION ALL
+               SELECT s.id, s.upscaled_from_scene_id, up.depth + 1 FROM scenes s JOIN up ON s.id = up.upscaled_from_scene_id)
+           SELECT id FROM up ORDER BY depth DESC LIMIT 1""",
+        [scene_id],
+    ).fetchone()
+    if root is None:
+        raise NotFound(f"scene {scene_id} does not exist")
+    rows = conn.execute(
+        """WITH RECURSIVE down AS (
+               SELECT id, 0 AS depth FROM scenes WHERE id = %s
+               UNION ALL
+               SELECT s.id, down.depth + 1 FROM scenes s JOIN down ON s.upscaled_from_scene_id = down.id)
+           SELECT id FROM down ORDER BY depth, id""",
+        [root["id"]],
+    ).fetchall()
+    return [r["id"] for r in rows]
 
 
 def parse_spec(document: Any) -> dict:

@@ -54,6 +54,14 @@ def _drop_database(server_url: str, name: str) -> None:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="module")
+def module_database_url(postgres_server, template_database):
+    """Like `database_url`, shared by one test module (for costly set-ups such as rendered scenes)."""
+    name = _create_database(postgres_server, template_database)
+    yield _database_url(postgres_server, name)
+    _drop_database(postgres_server, name)
+
+
 @pytest.fixture
 def database_url(postgres_server, template_database):
     """URL of a fresh, fully migrated database, dropped after the test."""

@@ -81,7 +81,8 @@ def test_dead_letters_are_listed_and_replayed_after_a_fix(cli, conn):
 def test_unknown_function_is_refused(cli):
     result = cli("consume", "on_nothing")
     assert result.returncode == 1
-    assert "unknown function(s) on_nothing (known: on_scene_approved, on_generation_requested, on_generation_result)" in result.stderr
+    assert ("unknown function(s) on_nothing (known: on_scene_approved, on_upscale_requested, on_generation_requested, "
+            "on_generation_result, on_delivery_requested)") in result.stderr
 
 
 def test_relay_once_on_the_embedded_bus(cli, conn):

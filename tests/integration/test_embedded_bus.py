@@ -67,7 +67,8 @@ def test_a_second_approval_with_another_id_requests_nothing_twice(deps, conn):
     _publish(deps, SceneApproved(scene_id=scene, approved_by="ben"))
     bus.drain(deps, ALL, ALL)
     assert len(_outbox(conn, "upscale.requested")) == 1
-    assert conn.execute("SELECT count(*) AS n FROM processed_events").fetchone()["n"] == 2
+    assert conn.execute("SELECT count(*) AS n FROM processed_events WHERE consumer = 'on_scene_approved'"
+                        ).fetchone()["n"] == 2
 
 
 def test_malformed_and_refused_events_are_dead_lettered_and_the_next_one_is_applied(deps, conn):

@@ -1,0 +1,27 @@
+"""upscale.requested: re-generate a scene at a higher tier (see shared.upscale).
+
+A request the rules refuse (tier not higher, source not generated or not approved for a
+deliverable tier, unknown scene or tier) is answered with upscale.failed carrying the reason,
+so whoever asked learns why; a repeated request finds the existing target and does nothing.
+"""
+
+from events import UpscaleFailed, UpscaleRequested
+from functions.lambda_entry import lambda_entrypoint
+from shared.consumer import Function
+from shared.errors import Conflict, NotFound
+from shared.upscale import upscale_scene
+
+
+def handle(event: UpscaleRequested, deps) -> None:
+    """Create the target scene and its jobs, once."""
+    with deps.uow() as uow:
+        try:
+            with uow.conn.transaction():
+                upscale_scene(uow.conn, uow.emit, event.source_scene_id, event.target_tier)
+        except (Conflict, NotFound) as refused:
+            uow.emit(UpscaleFailed(source_scene_id=event.source_scene_id, target_scene_id=None,
+                                   target_tier=event.target_tier, reason=str(refused)))
+
+
+FUNCTION = Function("on_upscale_requested", (UpscaleRequested.type,), handle)
+lambda_handler = lambda_entrypoint(FUNCTION)

@@ -1,0 +1,182 @@
+"""Delivery enforcement: Production only, verified files, every reason, no bypass.
+
+One rendered chain (approved draft → preview, production) serves the whole module; each test
+makes its own deliveries and asserts on those."""
+
+import hashlib
+import json
+
+import psycopg
+import pytest
+
+from functions.cli_jobs import run_until, wait_for_scene
+from shared import delivery, scenes, upscale
+from shared.bootstrap import Deps
+from shared.config import Settings
+from shared.generation import encode_mp4
+from shared.scenes import SegmentSpec
+
+pytestmark = pytest.mark.integration
+
+SEGMENTS = [SegmentSpec(prompt="a red fox in snow", seed=31, frames=2, steps=1),
+            SegmentSpec(prompt="the fox jumps", seed=32, frames=2, steps=1)]
+
+
+@pytest.fixture(scope="module")
+def gen_deps(module_database_url, tmp_path_factory, tiny_model):
+    from infra import embedded
+
+    home = tmp_path_factory.mktemp("delivery-home")
+    deps = Deps(Settings(database_url=module_database_url, home=home, model=tiny_model, max_attempts=1,
+                         retry_backoff_seconds=0, local_workers=2))
+    yield deps
+    embedded.stop(home)
+
+
+@pytest.fixture
+def conn(module_database_url):
+    from shared import db
+
+    with db.connect(module_database_url) as connection:
+        yield connection
+
+
+@pytest.fixture(scope="module")
+def chain(gen_deps):
+    """An approved draft, its preview and its production re-generation, all generated."""
+    draft = scenes.submit_scene(gen_deps, project="fox", name="opening", aspect="16:9", segments=SEGMENTS)
+    assert wait_for_scene(gen_deps, draft, draw=False)["status"] == "generated"
+    event_id = upscale.approve(gen_deps, draft)
+    run_until(gen_deps, lambda conn: conn.execute(
+        "SELECT 1 FROM processed_events WHERE event_id = %s", [event_id]).fetchone() is not None)
+    preview = upscale.request_upscale(gen_deps, draft, "preview")
+    production = upscale.request_upscale(gen_deps, draft, "production")
+    for scene_id in (preview, production):
+        assert wait_for_scene(gen_deps, scene_id, draw=False)["status"] == "generated"
+    return {"draft": draft, "preview": preview, "production": production}
+
+
+def _deliver(deps, scene_ids: list[int], project: str = "fox") -> dict:
+    delivery_id = delivery.request_delivery(deps, project, scene_ids)
+    run_until(deps, lambda conn: conn.execute(
+        "SELECT status FROM deliveries WHERE id = %s", [delivery_id]).fetchone()["status"] != "requested")
+    with deps.connect() as conn:
+        return delivery.get_delivery(conn, delivery_id, deps.s3, deps.bucket)
+
+
+def _delivered_objects(deps, delivery_id: int) -> list[str]:
+    listed = deps.s3.list_objects_v2(Bucket=deps.bucket, Prefix=f"deliveries/{delivery_id}/")
+    return [o["Key"] for o in listed.get("Contents", [])]
+
+
+def test_production_preview_draft_and_missing_are_rejected_with_every_reason(gen_deps, chain, conn):
+    result = _deliver(gen_deps, [chain["production"], chain["preview"], chain["draft"], 424242])
+    assert result["status"] == "rejected"
+    # Every problem, not just the first; the Production scene has none.
+    assert [(r["code"], r["scene_id"], r["tier"]) for r in result["reasons"]] == [
+        ("TIER_NOT_DELIVERABLE", chain["preview"], "preview"), ("TIER_NOT_DELIVERABLE", chain["draft"], "draft"),
+        ("SCENE_NOT_FOUND", 424242, None)]
+    preview_reason = next(r for r in result["reasons"] if r["scene_id"] == chain["preview"])
+    assert preview_reason["message"] == (
+        f"Scene {chain['preview']} is Preview (768×432); upscale it to Production before delivery: "
+        f"tierflow scenes upscale {chain['preview']} --to production")
+    assert _delivered_objects(gen_deps, result["delivery_id"]) == []  # nothing copied
+    [event] = [r["payload"]["data"] for r in conn.execute(
+        "SELECT payload FROM outbox WHERE topic = 'delivery.rejected' AND message_key = %s", [str(result["delivery_id"])])]
+    assert len(event["reasons"]) == 3 and event["summary"].startswith("Delivery refused")
+
+
+def test_a_draft_delivery_says_what_to_do(gen_deps, chain):
+    result = _deliver(gen_deps, [chain["draft"]])
+    [reason] = result["reasons"]
+    assert reason == {"code": "TIER_NOT_DELIVERABLE", "scene_id": chain["draft"], "tier": "draft",
+                      "message": f"Scene {chain['draft']} is Draft (512×288); upscale it to Production before "
+                                 f"delivery: tierflow scenes upscale {chain['draft']} --to production"}
+
+
+def test_a_production_delivery_is_accepted_with_a_verified_manifest(gen_deps, chain, conn):
+    import urllib.request
+
+    result = _deliver(gen_deps, [chain["production"]])
+    assert result["status"] == "completed"
+    manifest = json.loads(gen_deps.s3.get_object(Bucket=gen_deps.bucket, Key=result["manifest_key"])["Body"].read())
+    [scene] = manifest["scenes"]
+    assert (scene["scene_id"], scene["width"], scene["height"]) == (chain["production"], 1920, 1080)
+    assert [v["scene_id"] for v in scene["lineage"]] == [chain["draft"], chain["production"]]
+    assert scene["lineage"][0]["approved_at"] is not None
+    assert len(scene["segments"]) == 2
+    for segment in scene["segments"]:
+        body = gen_deps.s3.get_object(Bucket=gen_deps.bucket, Key=segment["key"])["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == segment["sha256"]
+    # Presigned, time-limited URL for the manifest works.
+    assert json.loads(urllib.request.urlopen(result["manifest_url"], timeout=10).read()) == manifest
+    assert sorted(_delivered_objects(gen_deps, result["delivery_id"])) == sorted(
+        [s["key"] for s in scene["segments"]] + [result["manifest_key"]])
+
+
+def test_a_replaced_smaller_file_is_a_mismatch(gen_deps, chain, conn):
+    import numpy as np
+
+    production = scenes.get_scene(conn, chain["production"])
+    key = production["segments"][0]["outputs"]["video"]
+    original = gen_deps.s3.get_object(Bucket=gen_deps.bucket, Key=key)["Body"].read()
+    small = encode_mp4(np.zeros((2, 288, 512, 3), dtype=np.uint8), 8)
+    gen_deps.s3.put_object(Bucket=gen_deps.bucket, Key=key, Body=small)
+    try:
+        result = _deliver(gen_deps, [chain["production"]])
+    finally:
+        gen_deps.s3.put_object(Bucket=gen_deps.bucket, Key=key, Body=original)
+    assert result["status"] == "rejected"
+    [reason] = result["reasons"]
+    assert reason["code"] == "FILE_MISMATCH" and "segment 0" in reason["message"]
+    assert _delivered_objects(gen_deps, result["delivery_id"]) == []
+
+
+def test_the_database_refuses_a_completed_draft_delivery(gen_deps, chain, conn):
+    project = conn.execute("SELECT project_id FROM scenes WHERE id = %s", [chain["draft"]]).fetchone()["project_id"]
+    before = conn.execute("SELECT count(*) AS n FROM deliveries").fetchone()["n"]
+    with pytest.raises(psycopg.errors.CheckViolation, match="cannot be completed: scene"):
+        with conn.transaction():
+            delivery_id = conn.execute("INSERT INTO deliveries (project_id, status) VALUES (%s, 'completed') RETURNING id",
+                                       [project]).fetchone()["id"]
+            conn.execute("INSERT INTO delivery_scenes (delivery_id, scene_id) VALUES (%s, %s)", [delivery_id, chain["draft"]])
+    # Nor can a requested delivery of a Preview scene be marked completed afterwards.
+    delivery_id = delivery.request_delivery(gen_deps, "fox", [chain["preview"]])
+    with pytest.raises(psycopg.errors.CheckViolation, match=f"scene {chain['preview']} is generated at tier preview"):
+        with conn.transaction():
+            conn.execute("INSERT INTO delivery_scenes (delivery_id, scene_id) VALUES (%s, %s)", [delivery_id, chain["preview"]])
+            conn.execute("UPDATE deliveries SET status = 'completed' WHERE id = %s", [delivery_id])
+    assert conn.execute("SELECT count(*) AS n FROM deliveries").fetchone()["n"] == before + 1
+    assert conn.execute("SELECT status FROM deliveries WHERE id = %s", [delivery_id]).fetchone()["status"] == "requested"
+    run_until(gen_deps, lambda conn: True)  # let the handler decide it: rejected
+
+
+def test_the_same_delivery_request_twice_gives_one_outcome(gen_deps, chain, conn):
+    result = _deliver(gen_deps, [chain["production"]])
+    key = str(result["delivery_id"])
+    conn.execute("INSERT INTO bus_deliveries (consumer, outbox_id) SELECT 'on_delivery_requested', id FROM outbox "
+                 "WHERE topic = 'delivery.requested' AND message_key = %s", [key])
+    # And a second event with a new id for the same delivery: decided already, nothing happens.
+    from events import DeliveryRequested
+
+    with gen_deps.uow() as uow:
+        uow.emit(DeliveryRequested(delivery_id=result["delivery_id"], project="fox", scene_ids=[chain["production"]]))
+    run_until(gen_deps, lambda conn: True)
+    assert conn.execute("SELECT count(*) AS n FROM outbox WHERE topic LIKE 'delivery.%%ed' AND topic <> 'delivery.requested' "
+                        "AND message_key = %s", [key]).fetchone()["n"] == 1
+    assert conn.execute("SELECT status FROM deliveries WHERE id = %s", [result["delivery_id"]]).fetchone() == {
+        "status": "completed"}
+
+
+def test_cli_check_and_deliver(gen_deps, chain, run_cli, module_database_url, conn):
+    env = {"TIERFLOW_DATABASE_URL": module_database_url, "TIERFLOW_HOME": str(gen_deps.settings.home)}
+    before = conn.execute("SELECT count(*) AS n FROM deliveries").fetchone()["n"]
+    check = run_cli("deliver", "--project", "fox", str(chain["draft"]), "--check", "--json", env=env)
+    assert check.returncode == 1
+    assert json.loads(check.stdout)["reasons"][0]["code"] == "TIER_NOT_DELIVERABLE"
+    assert conn.execute("SELECT count(*) AS n FROM deliveries").fetchone()["n"] == before  # --check records nothing
+    ok = run_cli("deliver", "--project", "fox", str(chain["production"]), env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "completed: manifest s3://" in ok.stdout
+    refused = run_cli("deliver", "--project", "other", str(chain["production"]), env=env)
+    assert refused.returncode == 1 and "project 'other' does not exist" in refused.stderr

@@ -1,0 +1,198 @@
+"""Upscaling end to end: approval, automatic and one-click re-generation at a higher tier,
+lineage, similarity, refusals, idempotency and retries — real Postgres, S3 and diffusers."""
+
+import io
+import json
+import threading
+
+import pytest
+from PIL import Image
+
+from functions.cli_jobs import approval_settled, run_until, wait_for_scene
+from shared import scenes, upscale
+from shared.bootstrap import Deps
+from shared.config import Settings
+from shared.errors import Conflict, NotFound
+from shared.scenes import SegmentSpec
+
+pytestmark = pytest.mark.integration
+
+# Small enough that a 1920x1080 segment renders in seconds on a CPU.
+SEGMENTS = [SegmentSpec(prompt="a red fox in snow", seed=21, frames=2, steps=1),
+            SegmentSpec(prompt="the fox jumps", seed=22, frames=2, steps=1)]
+
+
+@pytest.fixture
+def gen_deps(database_url, tmp_path, tiny_model):
+    from infra import embedded
+
+    home = tmp_path / "home"
+    deps = Deps(Settings(database_url=database_url, home=home, model=tiny_model, max_attempts=1,
+                         retry_backoff_seconds=0, local_workers=2))
+    yield deps
+    embedded.stop(home)
+
+
+def _generated_draft(deps, project="fox") -> int:
+    scene_id = scenes.submit_scene(deps, project=project, name="opening", aspect="16:9", segments=SEGMENTS)
+    assert wait_for_scene(deps, scene_id, draw=False)["status"] == "generated"
+    return scene_id
+
+
+def _approve_and_follow(deps, scene_id: int) -> int:
+    event_id = upscale.approve(deps, scene_id, approved_by="test")
+    run_until(deps, lambda conn: approval_settled(conn, scene_id, event_id), settle=False)
+    with deps.connect() as conn:
+        target = conn.execute("SELECT id FROM scenes WHERE upscaled_from_scene_id = %s", [scene_id]).fetchone()
+    return target["id"] if target else None
+
+
+def _scene_count(conn) -> int:
+    return conn.execute("SELECT count(*) AS n FROM scenes").fetchone()["n"]
+
+
+def test_approval_with_auto_upscale_gives_a_linked_production_scene(gen_deps, conn):
+    draft_id = _generated_draft(gen_deps)
+    upscale.set_auto_upscale(gen_deps, "fox", "production")
+    target_id = _approve_and_follow(gen_deps, draft_id)
+    target = wait_for_scene(gen_deps, target_id, draw=False)
+    draft = scenes.get_scene(conn, draft_id)
+
+    assert draft["status"] == "approved"
+    assert (target["status"], target["tier"], target["width"], target["height"], target["progress"]) == (
+        "generated", "production", 1920, 1080, 100.0)
+    assert target["upscaled_from_scene_id"] == draft_id and target["recipe_hash"] == draft["recipe_hash"]
+    assert [s["recipe"] for s in target["segments"]] == [s["recipe"] for s in draft["segments"]]
+    assert [v["scene_id"] for v in target["lineage"]] == [draft_id, target_id]
+    assert [v["scene_id"] for v in scenes.get_scene(conn, draft_id)["lineage"]] == [draft_id, target_id]
+
+    # Events about the source scene, in order.
+    topics = [r["topic"] for r in conn.execute(
+        "SELECT topic FROM outbox WHERE message_key = %s AND topic LIKE ANY(ARRAY['scene.%%', 'upscale.%%']) ORDER BY id",
+        [str(draft_id)])]
+    assert topics[:2] == ["scene.approved", "upscale.requested"]
+    assert topics[-1] == "upscale.completed" and set(topics[2:-1]) == {"upscale.progress"}
+    last_progress = [r["payload"]["data"] for r in conn.execute(
+        "SELECT payload FROM outbox WHERE topic = 'upscale.progress' ORDER BY id")][-1]
+    assert (last_progress["percent"], last_progress["segments_done"], last_progress["segments_total"]) == (100.0, 2, 2)
+
+    # Similarity scores and the side-by-side image for every upscaled segment.
+    for segment in target["segments"]:
+        assert -1 <= segment["ssim"] <= 1 and segment["psnr"] > 0 and segment["similarity_flagged"] is not None
+        image = gen_deps.s3.get_object(Bucket=gen_deps.bucket, Key=segment["outputs"]["comparison"])["Body"].read()
+        assert Image.open(io.BytesIO(image)).size == (2 * 512, 288)
+
+    # A second approval (another event id) does nothing twice.
+    upscale.approve(gen_deps, draft_id)
+    run_until(gen_deps, lambda conn: True)
+    assert _scene_count(conn) == 2
+
+
+def test_refusals_have_their_own_message_and_create_nothing(gen_deps, conn):
+    draft_id = _generated_draft(gen_deps)
+    pending = scenes.submit_scene(gen_deps, project="fox", name="later", aspect="16:9", segments=SEGMENTS[:1])
+    before = _scene_count(conn)
+    cases = [
+        (draft_id, "draft", Conflict, "upscaling goes to a higher tier than draft, and draft is not higher"),
+        (pending, "preview", Conflict, f"scene {pending} is pending; only a fully generated scene can be upscaled"),
+        (draft_id, "production", Conflict, f"scene {draft_id} is not approved; approve it before upscaling to Production"),
+        (draft_id, "ultra", NotFound, "unknown tier 'ultra'"),
+        (9999, "preview", NotFound, "scene 9999 does not exist"),
+    ]
+    for scene_id, tier, error, message in cases:
+        with pytest.raises(error) as caught:
+            upscale.request_upscale(gen_deps, scene_id, tier)
+        assert message in str(caught.value)
+    assert _scene_count(conn) == before
+    assert conn.execute("SELECT count(*) AS n FROM outbox WHERE topic = 'upscale.requested'").fetchone()["n"] == 0
+
+
+def test_a_refused_upscale_event_is_answered_with_upscale_failed(gen_deps, conn):
+    from events import UpscaleRequested
+
+    draft_id = _generated_draft(gen_deps)
+    with gen_deps.uow() as uow:
+        uow.emit(UpscaleRequested(source_scene_id=draft_id, target_tier="production"))
+    run_until(gen_deps, lambda conn: True)
+    [failed] = [r["payload"]["data"] for r in conn.execute("SELECT payload FROM outbox WHERE topic = 'upscale.failed'")]
+    assert failed["target_scene_id"] is None and "is not approved" in failed["reason"]
+    assert _scene_count(conn) == 1
+
+
+def test_the_same_upscale_twice_and_concurrently_gives_one_target(gen_deps, conn):
+    source = scenes.submit_scene(gen_deps, project="fox", name="s", aspect="16:9", segments=SEGMENTS)
+    conn.execute("UPDATE scenes SET status = 'generated' WHERE id = %s", [source])  # generation is not the point here
+    results, errors = [], []
+
+    def request():
+        try:
+            results.append(upscale.request_upscale(Deps(gen_deps.settings), source, "preview"))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=request) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(set(results)) == 1
+    assert upscale.request_upscale(gen_deps, source, "preview") == results[0]
+    assert conn.execute("SELECT count(*) AS n FROM scenes WHERE upscaled_from_scene_id = %s",
+                        [source]).fetchone()["n"] == 1
+    # The database itself refuses a second target for the same source and tier.
+    import psycopg
+
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("""INSERT INTO scenes (project_id, name, aspect_width, aspect_height, width, height,
+                                            resolution_tier_id, upscaled_from_scene_id)
+                        SELECT project_id, name, 16, 9, 768, 432, resolution_tier_id, upscaled_from_scene_id
+                        FROM scenes WHERE id = %s""", [results[0]])
+
+
+def test_a_failed_segment_fails_the_upscale_and_retry_regenerates_only_it(gen_deps, conn):
+    draft_id = _generated_draft(gen_deps)
+    draft = scenes.get_scene(conn, draft_id)
+    # Take the source video of segment 1 away: its upscale cannot be compared and fails for good.
+    key = draft["segments"][1]["outputs"]["video"]
+    video = gen_deps.s3.get_object(Bucket=gen_deps.bucket, Key=key)["Body"].read()
+    gen_deps.s3.delete_object(Bucket=gen_deps.bucket, Key=key)
+
+    target_id = upscale.request_upscale(gen_deps, draft_id, "preview")
+    target = wait_for_scene(gen_deps, target_id, draw=False)
+    assert target["status"] == "failed"
+    assert [s["status"] for s in target["segments"]] == ["generated", "failed"]
+    [failed] = [r["payload"]["data"] for r in conn.execute("SELECT payload FROM outbox WHERE topic = 'upscale.failed'")]
+    assert failed["target_scene_id"] == target_id and "NoSuchKey" in failed["reason"]
+
+    gen_deps.s3.put_object(Bucket=gen_deps.bucket, Key=key, Body=video)  # the fix
+    upscale.retry_failed_segments(gen_deps, target_id)
+    target = wait_for_scene(gen_deps, target_id, draw=False)
+    assert target["status"] == "generated"
+    attempts = {s["position"]: s["job"]["attempt"] for s in target["segments"]}
+    assert attempts == {0: 1, 1: 2}  # only the failed segment ran again
+    with pytest.raises(Conflict, match="has no failed segment to retry"):
+        upscale.retry_failed_segments(gen_deps, target_id)
+
+
+def test_cli_upscale_approve_and_show(gen_deps, run_cli, database_url, tiny_model, conn):
+    draft_id = _generated_draft(gen_deps)
+    env = {"TIERFLOW_DATABASE_URL": database_url, "TIERFLOW_MODEL": tiny_model,
+           "TIERFLOW_HOME": str(gen_deps.settings.home)}
+    first = run_cli("scenes", "upscale", str(draft_id), "--to", "preview", "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    target = json.loads(first.stdout)
+    assert target["target_scene_id"] == target["scene_id"] and target["upscaled_from_scene_id"] == draft_id
+    again = json.loads(run_cli("scenes", "upscale", str(draft_id), "--to", "preview", "--json", env=env).stdout)
+    assert again["target_scene_id"] == target["target_scene_id"]
+
+    refused = run_cli("scenes", "upscale", str(draft_id), "--to", "production", env=env)
+    assert refused.returncode == 1 and f"tierflow scenes approve {draft_id}" in refused.stderr
+
+    assert run_cli("projects", "set", "fox", "--auto-upscale-to", "none", env=env).returncode == 0
+    approved = run_cli("scenes", "approve", str(draft_id), "--json", env=env)
+    assert approved.returncode == 0 and json.loads(approved.stdout)["scene_id"] == draft_id
+    not_generated = run_cli("scenes", "approve", str(target["target_scene_id"]), env=env)
+    assert not_generated.returncode == 1 and "only a fully generated scene can be approved" in not_generated.stderr
+
+    shown = run_cli("scenes", "show", str(target["target_scene_id"]), env=env)
+    assert f"lineage: {draft_id} draft 512×288" in shown.stdout and "preview 768×432" in shown.stdout
