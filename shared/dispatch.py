@@ -53,7 +53,7 @@ def job_document(conn: psycopg.Connection, job_id: int) -> dict:
         "attempt": row["attempt"], "tier": row["tier"], "width": row["width"], "height": row["height"],
         "recipe": {k: row[k] for k in recipe_fields},
         "quality_settings": row["quality_settings"],
-        "output_prefix": job_prefix(row["scene_id"], row["position"], row["job_id"]),
+        "output_prefix": job_prefix(row["tier"], row["scene_id"], row["position"], row["job_id"]),
         "compare_with": dict(source) if source else None,
     }
 

@@ -70,9 +70,10 @@ def build_recipes(segments: list[SegmentSpec], model: str) -> list[Recipe]:
     return recipes
 
 
-def job_prefix(scene_id: int, position: int, job_id: int) -> str:
-    """Where a job's outputs go: deterministic per job, so a re-run overwrites them."""
-    return f"scenes/{scene_id}/segments/{position}/jobs/{job_id}/"
+def job_prefix(tier: str, scene_id: int, position: int, job_id: int) -> str:
+    """Where a job's outputs go: deterministic per job, so a re-run overwrites them. The tier
+    leads the key so a bucket lifecycle rule can expire Draft media after a while."""
+    return f"media/{tier}/scenes/{scene_id}/segments/{position}/jobs/{job_id}/"
 
 
 def create_scene(

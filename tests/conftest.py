@@ -105,6 +105,23 @@ def tiny_model(tmp_path_factory) -> str:
     return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny"))
 
 
+def generation_deps(database_url: str, home, tiny_model: str, **overrides):
+    """Deps for tests that render: the tiny model, local workers, quick retries."""
+    from shared.bootstrap import Deps
+    from shared.config import Settings
+
+    settings = {"max_attempts": 1, "retry_backoff_seconds": 0, "local_workers": 2, **overrides}
+    return Deps(Settings(database_url=database_url, home=home, model=tiny_model, **settings))
+
+
+@pytest.fixture
+def gen_deps(database_url, tmp_path, tiny_model):
+    """`generation_deps` on the test's database; its embedded S3 server is stopped afterwards."""
+    home = tmp_path / "home"
+    yield generation_deps(database_url, home, tiny_model)
+    embedded.stop(home)
+
+
 @pytest.fixture
 def deps(database_url, tmp_path):
     """Deps on the test's database (embedded bus: no Kafka configured); its embedded S3 server,

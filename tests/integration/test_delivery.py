@@ -11,10 +11,9 @@ import pytest
 
 from functions.cli_jobs import run_until, wait_for_scene
 from shared import delivery, scenes, upscale
-from shared.bootstrap import Deps
-from shared.config import Settings
 from shared.generation import encode_mp4
 from shared.scenes import SegmentSpec
+from tests.conftest import generation_deps
 
 pytestmark = pytest.mark.integration
 
@@ -27,9 +26,7 @@ def gen_deps(module_database_url, tmp_path_factory, tiny_model):
     from infra import embedded
 
     home = tmp_path_factory.mktemp("delivery-home")
-    deps = Deps(Settings(database_url=module_database_url, home=home, model=tiny_model, max_attempts=1,
-                         retry_backoff_seconds=0, local_workers=2))
-    yield deps
+    yield generation_deps(module_database_url, home, tiny_model)
     embedded.stop(home)
 
 

@@ -8,8 +8,6 @@ import pytest
 
 from functions.cli_jobs import wait_for_scene
 from shared import scenes
-from shared.bootstrap import Deps
-from shared.config import Settings
 from shared.errors import InvalidInput, NotFound
 from shared.scenes import SegmentSpec
 
@@ -17,17 +15,6 @@ pytestmark = pytest.mark.integration
 
 TWO_SEGMENTS = [SegmentSpec(prompt="a red fox in snow", seed=11, frames=3, steps=2),
                 SegmentSpec(prompt="the fox jumps", seed=12, frames=3, steps=2)]
-
-
-@pytest.fixture
-def gen_deps(database_url, tmp_path, tiny_model):
-    from infra import embedded
-
-    home = tmp_path / "home"
-    deps = Deps(Settings(database_url=database_url, home=home, model=tiny_model, max_attempts=2,
-                         retry_backoff_seconds=0, local_workers=2))
-    yield deps
-    embedded.stop(home)
 
 
 def _counts(conn) -> dict:
@@ -54,7 +41,8 @@ def test_a_draft_scene_is_generated_with_its_files_in_s3(gen_deps, conn):
         poster = gen_deps.s3.get_object(Bucket=gen_deps.bucket, Key=outputs["poster"])["Body"].read()
         assert poster.startswith(b"\x89PNG")
         assert segment["job"]["status"] == "succeeded" and segment["job"]["device_seconds"] > 0
-        assert outputs["video"] == f"scenes/{scene_id}/segments/{segment['position']}/jobs/{segment['job']['job_id']}/video.mp4"
+        assert outputs["video"] == (
+            f"media/draft/scenes/{scene_id}/segments/{segment['position']}/jobs/{segment['job']['job_id']}/video.mp4")
     # One progress event per denoising step per job.
     steps = conn.execute("SELECT count(*) AS n FROM outbox WHERE topic = 'generation.progress'").fetchone()["n"]
     assert steps == 2 * 2
@@ -104,7 +92,18 @@ def test_bad_submissions_are_refused_and_write_nothing(gen_deps, conn, kwargs, e
     assert _counts(conn) == before
 
 
-def test_a_worker_failure_is_retried_then_fails_the_scene_with_the_reason(gen_deps, conn):
+def test_a_worker_failure_is_retried_then_fails_the_scene_with_the_reason(database_url, tmp_path, tiny_model, conn):
+    from infra import embedded
+    from tests.conftest import generation_deps
+
+    gen_deps = generation_deps(database_url, tmp_path / "home", tiny_model, max_attempts=2)
+    try:
+        _fail_twice(gen_deps, conn)
+    finally:
+        embedded.stop(tmp_path / "home")
+
+
+def _fail_twice(gen_deps, conn) -> None:
     scene_id = scenes.submit_scene(gen_deps, project="p", name="s", aspect="16:9", model="tierflow/not-a-real-model",
                                    segments=[SegmentSpec(prompt="x", seed=1, frames=2, steps=1)])
     scene = wait_for_scene(gen_deps, scene_id, draw=False)

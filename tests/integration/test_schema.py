@@ -2,7 +2,6 @@
 
 import time
 
-import psycopg
 import pytest
 from psycopg import errors as pg_errors
 

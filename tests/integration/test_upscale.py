@@ -11,7 +11,6 @@ from PIL import Image
 from functions.cli_jobs import approval_settled, run_until, wait_for_scene
 from shared import scenes, upscale
 from shared.bootstrap import Deps
-from shared.config import Settings
 from shared.errors import Conflict, NotFound
 from shared.scenes import SegmentSpec
 
@@ -20,17 +19,6 @@ pytestmark = pytest.mark.integration
 # Small enough that a 1920x1080 segment renders in seconds on a CPU.
 SEGMENTS = [SegmentSpec(prompt="a red fox in snow", seed=21, frames=2, steps=1),
             SegmentSpec(prompt="the fox jumps", seed=22, frames=2, steps=1)]
-
-
-@pytest.fixture
-def gen_deps(database_url, tmp_path, tiny_model):
-    from infra import embedded
-
-    home = tmp_path / "home"
-    deps = Deps(Settings(database_url=database_url, home=home, model=tiny_model, max_attempts=1,
-                         retry_backoff_seconds=0, local_workers=2))
-    yield deps
-    embedded.stop(home)
 
 
 def _generated_draft(deps, project="fox") -> int:

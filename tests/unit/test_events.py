@@ -32,7 +32,6 @@ from events import (
     envelope_for,
     parse_event,
     schema_id,
-    schema_path,
     topic_for,
 )
 from events.schemas import SCHEMA_DIR, render
