@@ -29,6 +29,8 @@ def relay_to_bus(conn: psycopg.Connection, functions: Sequence[Function], limit:
             "SELECT id FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT %s", [limit]).fetchall()]
         if not ids:
             return 0
+        # prepare=False here and below: a plan prepared while the tables were nearly empty (an
+        # idle bus) stays cached and turns these joins into scans that grow with any backlog.
         conn.execute(
             """INSERT INTO bus_deliveries (consumer, outbox_id)
                SELECT f.consumer, o.id
@@ -36,6 +38,7 @@ def relay_to_bus(conn: psycopg.Connection, functions: Sequence[Function], limit:
                WHERE o.id = ANY(%s)
                ON CONFLICT DO NOTHING""",
             [consumers, topics, ids],
+            prepare=False,
         )
         conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY(%s)", [ids])
     return len(ids)
@@ -56,6 +59,7 @@ def consume_from_bus(
                FROM bus_deliveries d JOIN outbox o ON o.id = d.outbox_id
                WHERE d.consumer = %s ORDER BY d.outbox_id LIMIT %s""",
             [function.name, limit],
+            prepare=False,
         ).fetchall()
         if not rows:
             return Outcome()

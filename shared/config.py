@@ -60,6 +60,9 @@ class Settings(BaseSettings):
         default=0.5, ge=-1, le=1,
         description="An upscaled segment whose SSIM against its source is below this is flagged for review.",
     )
+    draft_retention_days: int = Field(
+        default=30, ge=1, le=3650, description="Days after which Draft media expire (bucket lifecycle rule)."
+    )
     batch_endpoint_url: str | None = Field(default=None, description="AWS Batch endpoint (moto server in tests).")
     batch_job_queue: str = Field(default="tierflow-gpu", description="AWS Batch job queue of the GPU workers.")
     batch_job_definition: str = Field(default="tierflow-worker", description="AWS Batch job definition of the worker.")
@@ -101,6 +104,7 @@ class Settings(BaseSettings):
             "max_attempts": str(self.max_attempts),
             "retry_backoff_seconds": str(self.retry_backoff_seconds),
             "similarity_threshold": str(self.similarity_threshold),
+            "draft_retention_days": str(self.draft_retention_days),
             "batch_endpoint_url": self.batch_endpoint_url or "(AWS default)",
             "batch_job_queue": self.batch_job_queue,
             "batch_job_definition": self.batch_job_definition,

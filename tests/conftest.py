@@ -171,3 +171,40 @@ def kafka_deps(database_url, kafka_bootstrap, tmp_path):
 
     return Deps(Settings(database_url=database_url, home=tmp_path / "home", kafka_bootstrap=kafka_bootstrap,
                          kafka_partitions=4))
+
+
+@pytest.fixture
+def moto_server(monkeypatch, tmp_path):
+    """A moto server on 127.0.0.1 (the test double for AWS APIs with no local server); its URL.
+
+    Batch jobs there are marked succeeded without running (no Docker); the recorder, when a
+    test starts it, writes to the test's own directory."""
+    import time
+    import urllib.request
+
+    from infra.net import free_ports
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    [port] = free_ports()
+    env = {**os.environ, "MOTO_RECORDER_FILEPATH": str(tmp_path / "moto-recording")}
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "moto server did not start"
+                time.sleep(0.2)
+        request = urllib.request.Request(url + "/moto-api/config", method="POST",
+                                         data=b'{"batch": {"use_docker": false}}',
+                                         headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=10)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -2,16 +2,12 @@
 
 import base64
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 
 import boto3
 import pytest
 
-from infra.net import free_ports
 from shared import bus, scenes
 from shared.bootstrap import Deps
 from shared.config import Settings
@@ -27,42 +23,21 @@ def _post(url: str, body: dict | None = None) -> bytes:
 
 
 @pytest.fixture
-def moto_batch(monkeypatch, tmp_path):
-    """A moto server on 127.0.0.1 with a GPU job queue and the worker's job definition."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    [port] = free_ports()
-    # The recorder keeps what the server was sent in this file (by default: the working directory).
-    env = {**os.environ, "MOTO_RECORDER_FILEPATH": str(tmp_path / "moto-recording")}
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/moto-api/", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "moto server did not start"
-                time.sleep(0.2)
-        # Without Docker, moto marks Batch jobs succeeded without running them.
-        _post(url + "/moto-api/config", {"batch": {"use_docker": False}})
-        iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1")
-        role = iam.create_role(RoleName="tierflow-batch", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-        batch = boto3.client("batch", endpoint_url=url, region_name="us-east-1")
-        environment = batch.create_compute_environment(
-            computeEnvironmentName="tierflow-gpu", type="UNMANAGED", state="ENABLED", serviceRole=role)
-        batch.create_job_queue(jobQueueName="tierflow-gpu", state="ENABLED", priority=1, computeEnvironmentOrder=[
-            {"order": 1, "computeEnvironment": environment["computeEnvironmentArn"]}])
-        batch.register_job_definition(jobDefinitionName="tierflow-worker", type="container", containerProperties={
-            "image": "tierflow/worker:latest", "command": ["tierflow", "worker"],
-            "resourceRequirements": [{"type": "VCPU", "value": "4"}, {"type": "MEMORY", "value": "16384"}]})
-        _post(url + "/moto-api/recorder/start-recording")
-        yield url, batch
-    finally:
-        server.terminate()
-        server.wait(10)
+def moto_batch(moto_server):
+    """A GPU job queue and the worker's job definition on moto server; requests recorded from here on."""
+    url = moto_server
+    iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1")
+    role = iam.create_role(RoleName="tierflow-batch", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    batch = boto3.client("batch", endpoint_url=url, region_name="us-east-1")
+    environment = batch.create_compute_environment(
+        computeEnvironmentName="tierflow-gpu", type="UNMANAGED", state="ENABLED", serviceRole=role)
+    batch.create_job_queue(jobQueueName="tierflow-gpu", state="ENABLED", priority=1, computeEnvironmentOrder=[
+        {"order": 1, "computeEnvironment": environment["computeEnvironmentArn"]}])
+    batch.register_job_definition(jobDefinitionName="tierflow-worker", type="container", containerProperties={
+        "image": "tierflow/worker:latest", "command": ["tierflow", "worker"],
+        "resourceRequirements": [{"type": "VCPU", "value": "4"}, {"type": "MEMORY", "value": "16384"}]})
+    _post(url + "/moto-api/recorder/start-recording")
+    return url, batch
 
 
 def test_one_batch_job_per_segment_with_gpu_requirements(moto_batch, database_url, tmp_path, tiny_model, conn):

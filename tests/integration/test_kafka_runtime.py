@@ -123,7 +123,7 @@ def test_a_consumer_killed_between_db_commit_and_offset_commit_loses_and_doubles
     def killed_before_offset_commit(*args, **kwargs):
         raise SystemExit("killed")  # the database transaction has committed; the offsets never will
 
-    crashed.consumer.commit = killed_before_offset_commit
+    crashed.consumer.commit_async = killed_before_offset_commit
     with pytest.raises(SystemExit):
         crashed.run(lambda: False)
     assert _status(conn, scene) == "approved"

@@ -1,0 +1,1 @@
+"""Benchmarks that print measured figures; run them as scripts (`python bench/events.py`)."""

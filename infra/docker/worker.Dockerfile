@@ -1,0 +1,24 @@
+# The GPU worker: one generation job per container (`tierflow worker --job-json JSON`), run by AWS Batch.
+# Build from the repository root: docker build -f infra/docker/worker.Dockerfile -t tierflow-worker .
+FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
+
+ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3.11 -m venv /opt/tierflow
+
+WORKDIR /opt/tierflow/src
+COPY pyproject.toml README.md ./
+COPY events events
+COPY shared shared
+COPY functions functions
+COPY infra infra
+RUN /opt/tierflow/bin/pip install .
+
+# Models come from a mounted directory or a hub id (TIERFLOW_MODEL or the job's recipe).
+RUN useradd --create-home --uid 10001 worker
+USER worker
+ENV PATH=/opt/tierflow/bin:$PATH HF_HOME=/home/worker/.cache/huggingface
+ENTRYPOINT ["tierflow"]
+CMD ["worker", "--help"]

@@ -1,0 +1,50 @@
+"""`tierflow infra deploy` against moto server (the test double for AWS APIs with no local server)."""
+
+import json
+
+import boto3
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_deploy_creates_everything_once_and_then_changes_nothing(moto_server, run_cli):
+    env = {"TIERFLOW_S3_ENDPOINT_URL": moto_server, "TIERFLOW_DATABASE_URL": "postgresql://app:pw@db:5432/tierflow",
+           "TIERFLOW_DRAFT_RETENTION_DAYS": "14"}
+    plan = run_cli("infra", "deploy", "--target", "localstack", "--dry-run", "--json", env=env)
+    assert plan.returncode == 0, plan.stderr
+    assert {s["action"] for s in json.loads(plan.stdout)} == {"would create", "skipped"}
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    assert s3.list_buckets()["Buckets"] == []  # a dry run changes nothing
+
+    first = json.loads(run_cli("infra", "deploy", "--target", "localstack", "--json", env=env).stdout)
+    created = {s["resource"] for s in first if s["action"] == "created"}
+    assert {"s3 bucket tierflow-media", "secret tierflow/database-url", "batch compute environment tierflow-gpu",
+            "batch job queue tierflow-gpu", "batch job definition tierflow-worker"} <= created
+    second = json.loads(run_cli("infra", "deploy", "--target", "localstack", "--json", env=env).stdout)
+    assert {s["action"] for s in second} == {"exists", "skipped"}
+
+    # What was made, read back from the server.
+    rules = s3.get_bucket_lifecycle_configuration(Bucket="tierflow-media")["Rules"]
+    assert [(r["Filter"]["Prefix"], r["Expiration"]["Days"]) for r in rules] == [("media/draft/", 14)]
+    assert all(s3.get_public_access_block(Bucket="tierflow-media")["PublicAccessBlockConfiguration"].values())
+    secrets = boto3.client("secretsmanager", endpoint_url=moto_server, region_name="us-east-1")
+    assert secrets.get_secret_value(SecretId="tierflow/database-url")["SecretString"] == env["TIERFLOW_DATABASE_URL"]
+    batch = boto3.client("batch", endpoint_url=moto_server, region_name="us-east-1")
+    [definition] = batch.describe_job_definitions(jobDefinitionName="tierflow-worker", status="ACTIVE")["jobDefinitions"]
+    assert definition["containerProperties"]["command"][:2] == ["tierflow", "worker"]
+    assert batch.describe_job_queues(jobQueues=["tierflow-gpu"])["jobQueues"][0]["state"] == "ENABLED"
+
+    # A changed setting is updated in place, nothing else moves.
+    changed = json.loads(run_cli("infra", "deploy", "--target", "localstack", "--json",
+                                 env={**env, "TIERFLOW_DRAFT_RETENTION_DAYS": "7"}).stdout)
+    assert [s["resource"] for s in changed if s["action"] == "updated"] == ["s3 bucket tierflow-media lifecycle"]
+
+
+def test_an_unreachable_endpoint_is_one_clear_line(run_cli):
+    result = run_cli("infra", "deploy", "--target", "localstack",
+                     env={"TIERFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9", "TIERFLOW_DATABASE_URL": "postgresql://x@h/d",
+                          "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"})
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "cannot reach the localstack endpoint" in line

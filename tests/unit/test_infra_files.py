@@ -1,0 +1,75 @@
+"""The AWS template, the containers and the compose file agree with the code and the README."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from functions.registry import FUNCTIONS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class _CloudFormationLoader(yaml.SafeLoader):
+    """Reads CloudFormation's short-form tags (!Ref, !Sub, ...) as plain values."""
+
+
+_CloudFormationLoader.add_multi_constructor("!", lambda loader, suffix, node: (
+    loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else
+    loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode) else loader.construct_mapping(node)))
+
+
+def _template() -> dict:
+    return yaml.load((ROOT / "infra" / "template.yaml").read_text(), Loader=_CloudFormationLoader)
+
+
+def test_every_handler_has_its_function_and_event_sources_in_the_template():
+    resources = _template()["Resources"]
+    functions = {r["Properties"]["ImageConfig"]["Command"][0]: name for name, r in resources.items()
+                 if r["Type"] == "AWS::Lambda::Function"}
+    assert set(functions) == {f"functions.{name}.lambda_handler" for name in FUNCTIONS}
+    mappings = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
+    for name, function in FUNCTIONS.items():
+        resource = functions[f"functions.{name}.lambda_handler"]
+        topics = sorted(t for m in mappings if m["FunctionName"] == resource for t in m["Topics"])
+        assert topics == sorted(function.consumes), name
+    for mapping in mappings:
+        assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+        assert "OnFailure" in mapping["DestinationConfig"] and mapping["BatchSize"]
+
+
+def test_the_media_bucket_is_private_encrypted_and_expires_drafts():
+    bucket = _template()["Resources"]["MediaBucket"]["Properties"]
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    [rule] = bucket["LifecycleConfiguration"]["Rules"]
+    assert rule["Prefix"] == "media/draft/" and rule["ExpirationInDays"] == "DraftRetentionDays"
+
+
+def test_cfn_lint_passes():
+    result = subprocess.run([str(Path(sys.executable).parent / "cfn-lint"), str(ROOT / "infra" / "template.yaml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_file_names_pinned_images_on_loopback_ports_the_readme_documents():
+    compose = yaml.safe_load((ROOT / "localstack.yml").read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert set(compose["services"]) == {"localstack", "kafka", "postgres"}
+    for name, service in compose["services"].items():
+        image = service["image"]
+        assert re.fullmatch(r"[\w./-]+:\d[\w.-]*", image), f"{name}: pin a version, not {image}"
+        assert image in readme, f"README does not name {image}"
+        assert "healthcheck" in service
+        for port in service["ports"]:
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+            assert port.split(":")[1] in readme
+    assert "LOCALSTACK_AUTH_TOKEN" in compose["services"]["localstack"]["environment"]
+
+
+def test_worker_image_runs_the_worker_as_a_non_root_user():
+    dockerfile = (ROOT / "infra" / "docker" / "worker.Dockerfile").read_text()
+    assert dockerfile.startswith("# ") and re.search(r"^FROM nvidia/cuda:\S+", dockerfile, re.M)
+    assert re.search(r"^USER worker$", dockerfile, re.M) and 'ENTRYPOINT ["tierflow"]' in dockerfile
