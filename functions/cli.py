@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from functions import cli_delivery, cli_events, cli_jobs
+from functions import cli_delivery, cli_events, cli_infra, cli_jobs
 from shared import db, tiers
 from shared.bootstrap import Deps
 from shared.config import load_settings
@@ -386,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_events.register(commands, _add_command)
     cli_jobs.register(commands, _add_command)
     cli_delivery.register(commands, _add_command)
+    cli_infra.register(commands, _add_command)
 
     config_parser = commands.add_parser("config", help="configuration")
     config_commands = config_parser.add_subparsers(dest="config_command", required=True, metavar="COMMAND", parser_class=_Parser)

@@ -220,6 +220,7 @@ def cmd_relay(deps, args) -> int:
     stop = _stop_on_signals()
     settings = deps.settings
     with deps.connect() as conn:
+        bus.listen_for_outbox(conn)
         if settings.embedded_bus:
             relay_once = lambda: bus.relay_to_bus(conn, _all_functions())  # noqa: E731
         else:
@@ -237,7 +238,7 @@ def cmd_relay(deps, args) -> int:
             elif args.once:
                 break
             else:
-                time.sleep(0.1)
+                bus.wait_for_outbox(conn, timeout=1.0)
     print(f"relay stopped after {total} event(s)", flush=True)
     return 0
 

@@ -8,7 +8,6 @@ and `processed_events` makes that effectively-once. One process at a time serves
 (an advisory lock), which keeps events of one subject in order.
 """
 
-import time
 from collections.abc import Callable, Sequence
 
 import psycopg
@@ -16,6 +15,18 @@ import psycopg
 from shared.consumer import Function, Message, Outcome, RetryPolicy, apply_batch
 
 RELAY_LOCK_KEY = 5_921_347_003  # any fixed number: one relay at a time keeps per-key order
+OUTBOX_CHANNEL = "tierflow_outbox"  # notified at every commit that wrote events (migration 0008)
+
+
+def listen_for_outbox(conn: psycopg.Connection) -> None:
+    """Subscribe this (autocommit) connection to outbox notifications."""
+    conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
+
+
+def wait_for_outbox(conn: psycopg.Connection, timeout: float) -> None:
+    """Return as soon as events are committed to the outbox, or after `timeout` seconds."""
+    for _ in conn.notifies(timeout=timeout, stop_after=1):
+        pass
 
 
 def relay_to_bus(conn: psycopg.Connection, functions: Sequence[Function], limit: int = 1000) -> int:
@@ -86,18 +97,21 @@ def run_bus(
     functions: Sequence[Function],
     *,
     should_stop: Callable[[], bool],
-    idle_seconds: float = 0.1,
+    idle_seconds: float = 1.0,
     on_outcome: Callable[[Function, Outcome], None] | None = None,
 ) -> None:
     """Relay to every subscriber and apply events to `functions` until `should_stop()`.
 
     `subscribers` is every deployed function, not only those run here: an event relayed now
     is relayed once, so a function served by another process must get its delivery too.
+    When idle it waits for the next outbox commit, at most `idle_seconds` (replayed dead
+    letters, which write no outbox row, are found by that poll).
     """
     with deps.connect() as conn:
+        listen_for_outbox(conn)
         while not should_stop():
             if not step(conn, deps, subscribers, functions, on_outcome):
-                time.sleep(idle_seconds)
+                wait_for_outbox(conn, idle_seconds)
 
 
 def drain(deps, subscribers: Sequence[Function], functions: Sequence[Function], on_outcome=None) -> None:

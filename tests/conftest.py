@@ -92,7 +92,8 @@ def run_cli(tmp_path):
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")}
         full_env["TIERFLOW_HOME"] = str(tmp_path / "home")
         full_env.update(env or {})
-        return subprocess.run([TIERFLOW, *args], env=full_env, capture_output=True, text=True, timeout=120)
+        # A guard against hangs, not a speed target: the demo renders real video on a shared CPU.
+        return subprocess.run([TIERFLOW, *args], env=full_env, capture_output=True, text=True, timeout=900)
 
     return run
 

@@ -9,7 +9,9 @@ COPY events ${LAMBDA_TASK_ROOT}/events
 COPY shared ${LAMBDA_TASK_ROOT}/shared
 COPY functions ${LAMBDA_TASK_ROOT}/functions
 COPY infra ${LAMBDA_TASK_ROOT}/infra
-RUN pip install ${LAMBDA_TASK_ROOT} --target ${LAMBDA_TASK_ROOT}
+# The project itself; pyproject.toml bounds its dependencies.
+# hadolint ignore=DL3013
+RUN pip install "${LAMBDA_TASK_ROOT}" --target "${LAMBDA_TASK_ROOT}"
 
 # Lambda runs the image as a non-root user of its own.
 CMD ["functions.on_scene_approved.lambda_handler"]

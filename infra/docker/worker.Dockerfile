@@ -3,10 +3,13 @@
 FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
 
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# The base image pins the distribution; its Python 3.11 packages take security updates.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
     && rm -rf /var/lib/apt/lists/* \
-    && python3.11 -m venv /opt/tierflow
+    && python3.11 -m venv /opt/tierflow \
+    && useradd --create-home --uid 10001 worker
 
 WORKDIR /opt/tierflow/src
 COPY pyproject.toml README.md ./
@@ -17,8 +20,7 @@ COPY infra infra
 RUN /opt/tierflow/bin/pip install .
 
 # Models come from a mounted directory or a hub id (TIERFLOW_MODEL or the job's recipe).
-RUN useradd --create-home --uid 10001 worker
-USER worker
+USER 10001
 ENV PATH=/opt/tierflow/bin:$PATH HF_HOME=/home/worker/.cache/huggingface
 ENTRYPOINT ["tierflow"]
 CMD ["worker", "--help"]

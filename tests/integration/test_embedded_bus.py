@@ -159,3 +159,15 @@ def test_envelope_stored_in_the_outbox_is_a_valid_cloud_event(deps, conn):
     assert payload["subject"] == str(scene) and payload["data"]["scene_id"] == scene
     reference = json.loads(envelope_for(SceneApproved(scene_id=scene), source="urn:tierflow:cli").to_json())
     assert set(payload) == set(reference)
+
+
+def test_committed_events_wake_listening_relays(deps, database_url):
+    from shared import db
+
+    with db.connect(database_url) as listener:
+        bus.listen_for_outbox(listener)
+        _publish(deps, SceneApproved(scene_id=1))
+        [notification] = list(listener.notifies(timeout=10, stop_after=1))
+        assert notification.channel == bus.OUTBOX_CHANNEL
+        # Nothing committed since: a wait now lasts its whole timeout and sees nothing.
+        assert list(listener.notifies(timeout=0.2)) == []

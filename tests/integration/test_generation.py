@@ -3,7 +3,6 @@ offline once per session, saved, and loaded back with `from_pretrained` like any
 
 import hashlib
 import io
-import time
 
 import numpy as np
 import pytest
@@ -79,14 +78,12 @@ def test_production_size_renders_and_encodes_at_exactly_1920x1080(pipeline):
     width, height = generation_size(WIDE, 1920, 1080)
     assert (width, height) == (1920, 1080)
 
-    started = time.perf_counter()
+    # (How long it takes is bench/tier_cost.py's business, not a test's.)
     frames = render(pipeline, width, height)
-    seconds = time.perf_counter() - started
     video = generation.encode_mp4(frames, fps=8)
 
     assert frames.shape == (4, 1080, 1920, 3)
     assert generation.probe_video(video) == (1920, 1080, 4)
-    assert seconds < 60, f"a 1080p segment took {seconds:.1f}s; the tiny model must stay well under a minute on CPU"
 
 
 def test_on_step_is_called_after_every_step_up_to_the_total(pipeline):

@@ -72,4 +72,12 @@ def test_compose_file_names_pinned_images_on_loopback_ports_the_readme_documents
 def test_worker_image_runs_the_worker_as_a_non_root_user():
     dockerfile = (ROOT / "infra" / "docker" / "worker.Dockerfile").read_text()
     assert dockerfile.startswith("# ") and re.search(r"^FROM nvidia/cuda:\S+", dockerfile, re.M)
-    assert re.search(r"^USER worker$", dockerfile, re.M) and 'ENTRYPOINT ["tierflow"]' in dockerfile
+    assert re.search(r"^USER 10001$", dockerfile, re.M) and 'ENTRYPOINT ["tierflow"]' in dockerfile
+
+
+def test_hadolint_passes_on_both_dockerfiles():
+    dockerfiles = sorted(str(p) for p in (ROOT / "infra" / "docker").glob("*.Dockerfile"))
+    assert len(dockerfiles) == 2
+    result = subprocess.run([str(Path(sys.executable).parent / "hadolint"), "--failure-threshold", "info",
+                             *dockerfiles], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
