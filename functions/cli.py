@@ -10,9 +10,10 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from functions import cli_delivery, cli_events, cli_infra, cli_jobs
+from functions.cli_parsing import Parser, add_command, add_group, print_table
 from shared import db, tiers
 from shared.bootstrap import Deps
 from shared.config import load_settings
@@ -21,22 +22,8 @@ from events import InvalidEvent
 from shared.errors import TierflowError
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line (argparse prints the usage block too)."""
-
-    def error(self, message: str) -> None:  # noqa: D401 - argparse's name
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def _print_json(value) -> None:
     print(json.dumps(value, indent=2, default=str))
-
-
-def _print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for row in cells:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 def _yes(flag: bool) -> str:
@@ -66,7 +53,7 @@ def cmd_db_status(deps: Deps, args) -> int:
     if args.json:
         _print_json([{**r, "applied_at": r["applied_at"].isoformat() if r["applied_at"] else None} for r in rows])
         return 0
-    _print_table(
+    print_table(
         ["VERSION", "NAME", "STATE"],
         [[r["version"], r["name"], f"applied {r['applied_at']:%Y-%m-%d %H:%M:%S}" if r["applied_at"] else "pending"]
          for r in rows],
@@ -99,7 +86,7 @@ def _show_tiers(tier_list: list[tiers.Tier], aspect, as_json: bool) -> None:
     headers = ["NAME", "LABEL", "BOX", "SPEED", "ORDER", "DEFAULT", "DELIVERABLE", "BUILT-IN"]
     if aspect:
         headers.append(f"SIZE AT {aspect}")
-    _print_table(headers, _tier_rows(tier_list, aspect))
+    print_table(headers, _tier_rows(tier_list, aspect))
 
 
 def cmd_tiers_list(deps: Deps, args) -> int:
@@ -203,7 +190,7 @@ def cmd_config_show(deps: Deps, args) -> int:
     if args.json:
         _print_json(shown)
     else:
-        _print_table(["SETTING", "VALUE"], [[f"TIERFLOW_{k.upper()}", v] for k, v in shown.items()])
+        print_table(["SETTING", "VALUE"], [[f"TIERFLOW_{k.upper()}", v] for k, v in shown.items()])
     return 0
 
 
@@ -271,7 +258,7 @@ def cmd_demo(deps: Deps, args) -> int:
                          "-" if segment["ssim"] is None else f"{segment['ssim']:.3f}",
                          "-" if segment["psnr"] is None else f"{segment['psnr']:.1f}",
                          (segment["outputs"] or {}).get("video", "-")])
-    _print_table(["SCENE", "TIER", "SIZE", "STATUS", "SEG", "SEED", "SECONDS", "SSIM", "PSNR", "VIDEO (s3://" +
+    print_table(["SCENE", "TIER", "SIZE", "STATUS", "SEG", "SEED", "SECONDS", "SSIM", "PSNR", "VIDEO (s3://" +
                   deps.bucket + "/…)"], rows)
     print("(The tiny model has random weights, so its frames are noise and do not keep their composition\n"
           " across sizes: low similarity, flagged for review. A real model is judged the same way.)")
@@ -317,14 +304,6 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
 
 
-def _add_command(subparsers, name: str, run: Callable, help_text: str, json_output: bool = True):
-    parser = subparsers.add_parser(name, help=help_text, description=help_text)
-    parser.set_defaults(run=run)
-    if json_output:
-        parser.add_argument("--json", action="store_true", help="print stable JSON on stdout")
-    return parser
-
-
 def _add_tier_fields(parser: argparse.ArgumentParser, creating: bool) -> None:
     parser.add_argument("--width", type=_whole_number, required=creating,
                         help="box width in pixels: a multiple of 8 from 64 to 8192")
@@ -340,33 +319,31 @@ def _add_tier_fields(parser: argparse.ArgumentParser, creating: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="tierflow",
         description="Tierflow: draft scenes cheaply, re-generate approved ones at Production, deliver Production only.",
         epilog="Every command takes --json (except demo). Exit status: 0 ok, 1 refused, 2 usage error.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
-    _add_command(commands, "demo", cmd_demo, "run the main job end to end on the configured (default: embedded) stack",
+    add_command(commands, "demo", cmd_demo, "run the main job end to end on the configured (default: embedded) stack",
                  json_output=False)
 
-    db_parser = commands.add_parser("db", help="database schema migrations")
-    db_commands = db_parser.add_subparsers(dest="db_command", required=True, metavar="COMMAND", parser_class=_Parser)
-    _add_command(db_commands, "migrate", cmd_db_migrate, "apply pending migrations, each in a transaction")
-    _add_command(db_commands, "status", cmd_db_status, "list applied and pending migrations")
+    db_commands = add_group(commands, "db", "database schema migrations")
+    add_command(db_commands, "migrate", cmd_db_migrate, "apply pending migrations, each in a transaction")
+    add_command(db_commands, "status", cmd_db_status, "list applied and pending migrations")
 
-    tier_parser = commands.add_parser("tiers", help="resolution tiers: list and administer")
-    tier_commands = tier_parser.add_subparsers(dest="tiers_command", required=True, metavar="COMMAND", parser_class=_Parser)
-    listing = _add_command(tier_commands, "list", cmd_tiers_list, "list the tiers, lowest rank first")
+    tier_commands = add_group(commands, "tiers", "resolution tiers: list and administer")
+    listing = add_command(tier_commands, "list", cmd_tiers_list, "list the tiers, lowest rank first")
     listing.add_argument("--aspect", metavar="W:H", help="also show the size a scene of this aspect ratio gets")
 
-    create = _add_command(tier_commands, "create", cmd_tiers_create, "create a custom tier")
+    create = add_command(tier_commands, "create", cmd_tiers_create, "create a custom tier")
     create.add_argument("name", help="lowercase slug, e.g. ultra-hd")
     _add_tier_fields(create, creating=True)
     create.add_argument("--default", action="store_true", help="make it the default tier (unsets the old one)")
     create.add_argument("--deliverable", action="store_true", help="allow delivery of scenes at this tier")
 
-    update = _add_command(tier_commands, "update", cmd_tiers_update, "change fields of a tier")
+    update = add_command(tier_commands, "update", cmd_tiers_update, "change fields of a tier")
     update.add_argument("name", help="the tier to change")
     update.add_argument("--name", dest="new_name", metavar="NEW_NAME", help="rename it (custom tiers only)")
     _add_tier_fields(update, creating=False)
@@ -375,22 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--deliverable", action=argparse.BooleanOptionalAction, default=None,
                         help="allow or forbid delivery of scenes at this tier")
 
-    delete = _add_command(tier_commands, "delete", cmd_tiers_delete, "delete a custom tier no scene uses")
+    delete = add_command(tier_commands, "delete", cmd_tiers_delete, "delete a custom tier no scene uses")
     delete.add_argument("name", help="the tier to delete")
 
-    stack_parser = commands.add_parser("stack", help="the embedded PostgreSQL and S3 servers")
-    stack_commands = stack_parser.add_subparsers(dest="stack_command", required=True, metavar="COMMAND", parser_class=_Parser)
-    _add_command(stack_commands, "status", cmd_stack_status, "show the database and S3 servers in use")
-    _add_command(stack_commands, "stop", cmd_stack_stop, "stop the embedded servers (data is kept)")
+    stack_commands = add_group(commands, "stack", "the embedded PostgreSQL and S3 servers")
+    add_command(stack_commands, "status", cmd_stack_status, "show the database and S3 servers in use")
+    add_command(stack_commands, "stop", cmd_stack_stop, "stop the embedded servers (data is kept)")
 
-    cli_events.register(commands, _add_command)
-    cli_jobs.register(commands, _add_command)
-    cli_delivery.register(commands, _add_command)
-    cli_infra.register(commands, _add_command)
+    for module in (cli_events, cli_jobs, cli_delivery, cli_infra):
+        module.register(commands)
 
-    config_parser = commands.add_parser("config", help="configuration")
-    config_commands = config_parser.add_subparsers(dest="config_command", required=True, metavar="COMMAND", parser_class=_Parser)
-    _add_command(config_commands, "show", cmd_config_show, "print every setting, secrets masked")
+    config_commands = add_group(commands, "config", "configuration")
+    add_command(config_commands, "show", cmd_config_show, "print every setting, secrets masked")
     return parser
 
 

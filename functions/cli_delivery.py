@@ -3,6 +3,7 @@
 import json
 
 from functions.cli_jobs import run_until
+from functions.cli_parsing import add_command
 from shared import delivery
 
 
@@ -42,7 +43,7 @@ def cmd_deliver(deps, args) -> int:
     return 0 if result["status"] == "completed" else 1
 
 
-def register(commands, add_command) -> None:
+def register(commands) -> None:
     """Add `deliver` to the `tierflow` parser."""
     deliver = add_command(commands, "deliver", cmd_deliver,
                           "deliver scenes of a project: deliverable tier (Production) and verified files only")

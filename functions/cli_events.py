@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 from events import ALL_TOPICS, EVENT_TYPES, dlq_topic, envelope_for, topic_for
 from events.errors import validated
+from functions.cli_parsing import add_command, add_group
 from shared import bus
 from shared.consumer import Function, Outcome
 from shared.errors import InvalidInput, NotFound
@@ -282,11 +283,9 @@ def cmd_consume(deps, args) -> int:
     return 0
 
 
-def register(commands, add_command) -> None:
-    """Add these commands to the `tierflow` parser (`add_command` is the CLI's helper)."""
-    events_parser = commands.add_parser("events", help="publish, follow and repair events")
-    event_commands = events_parser.add_subparsers(
-        dest="events_command", required=True, metavar="COMMAND", parser_class=type(events_parser))
+def register(commands) -> None:
+    """Add these commands to the `tierflow` parser."""
+    event_commands = add_group(commands, "events", "publish, follow and repair events")
     publish = add_command(event_commands, "publish", cmd_events_publish, "validate an event and publish it")
     publish.add_argument("type", metavar="TYPE", help=f"event type: {', '.join(EVENT_TYPES)}")
     publish.add_argument("--data", required=True, metavar="JSON", help="the event's data, e.g. '{\"scene_id\": 12}'")

@@ -2,6 +2,8 @@
 
 import json
 
+from functions.cli_parsing import add_command, add_group
+
 
 def cmd_infra_deploy(deps, args) -> int:
     from shared.deploy import deploy
@@ -15,11 +17,9 @@ def cmd_infra_deploy(deps, args) -> int:
     return 0
 
 
-def register(commands, add_command) -> None:
+def register(commands) -> None:
     """Add `infra` to the `tierflow` parser."""
-    infra_parser = commands.add_parser("infra", help="cloud resources")
-    infra_commands = infra_parser.add_subparsers(dest="infra_command", required=True, metavar="COMMAND",
-                                                 parser_class=type(infra_parser))
+    infra_commands = add_group(commands, "infra", "cloud resources")
     deploy = add_command(infra_commands, "deploy", cmd_infra_deploy,
                          "create or update the bucket, secret, topics and Batch resources (idempotent)")
     deploy.add_argument("--target", required=True, choices=["localstack", "aws"],

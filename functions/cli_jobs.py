@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from functions.cli_parsing import add_command, add_group, print_table
 from shared import bus, scenes, upscale
 from shared.errors import InvalidInput
 
@@ -172,9 +173,7 @@ def cmd_scenes_list(deps, args) -> int:
     if args.json:
         print(json.dumps(found, indent=2))
         return 0
-    from functions.cli import _print_table
-
-    _print_table(["ID", "PROJECT", "NAME", "TIER", "SIZE", "STATUS", "PROGRESS", "SEGMENTS", "FROM"],
+    print_table(["ID", "PROJECT", "NAME", "TIER", "SIZE", "STATUS", "PROGRESS", "SEGMENTS", "FROM"],
                  [[s["scene_id"], s["project"], s["name"], s["tier"], _size(s), s["status"], f"{s['progress']:g}%",
                    len(s["segments"]), s["upscaled_from_scene_id"] or "-"] for s in found])
     return 0
@@ -253,9 +252,7 @@ def cmd_usage(deps, args) -> int:
     if args.json:
         print(json.dumps(usage, indent=2))
         return 0
-    from functions.cli import _print_table
-
-    _print_table(["PROJECT", "TIER", "JOBS", "DEVICE-SECONDS"],
+    print_table(["PROJECT", "TIER", "JOBS", "DEVICE-SECONDS"],
                  [[r["project"], r["tier"], r["jobs"], f"{r['device_seconds']:.1f}"] for r in rows])
     print(f"total: {usage['total_device_seconds']:.1f} device-seconds")
     return 0
@@ -289,11 +286,9 @@ def cmd_worker(deps, args) -> int:
     return worker.main(["--job", args.job] if args.job else ["--job-json", args.job_json])
 
 
-def register(commands, add_command) -> None:
+def register(commands) -> None:
     """Add these commands to the `tierflow` parser."""
-    jobs_parser = commands.add_parser("jobs", help="submit generation jobs")
-    job_commands = jobs_parser.add_subparsers(dest="jobs_command", required=True, metavar="COMMAND",
-                                              parser_class=type(jobs_parser))
+    job_commands = add_group(commands, "jobs", "submit generation jobs")
     submit = add_command(job_commands, "submit", cmd_jobs_submit,
                          "submit a scene: one segment per --prompt, generated at a tier")
     submit.set_defaults(segments=None)
@@ -320,9 +315,7 @@ def register(commands, add_command) -> None:
     follow.add_argument("--once", action="store_true", help="check once and exit")
     follow.add_argument("--interval", type=float, default=30.0, help="seconds between checks (default 30)")
 
-    scene_parser = commands.add_parser("scenes", help="scenes: show, list")
-    scene_commands = scene_parser.add_subparsers(dest="scenes_command", required=True, metavar="COMMAND",
-                                                 parser_class=type(scene_parser))
+    scene_commands = add_group(commands, "scenes", "scenes: show, list")
     show = add_command(scene_commands, "show", cmd_scenes_show, "show a scene: tier, size, status, progress, segments")
     show.add_argument("scene_id", type=int, metavar="ID")
     show.add_argument("--wait", action="store_true", help="follow it to the end first")
@@ -344,17 +337,13 @@ def register(commands, add_command) -> None:
 
     add_command(commands, "usage", cmd_usage, "GPU time (device-seconds) per project and tier")
 
-    project_parser = commands.add_parser("projects", help="project settings")
-    project_commands = project_parser.add_subparsers(dest="projects_command", required=True, metavar="COMMAND",
-                                                     parser_class=type(project_parser))
+    project_commands = add_group(commands, "projects", "project settings")
     project_set = add_command(project_commands, "set", cmd_projects_set, "set a project's auto-upscale policy")
     project_set.add_argument("name", metavar="NAME")
     project_set.add_argument("--auto-upscale-to", required=True, metavar="TIER|none",
                              help="upscale approved scenes to this tier automatically (none: off)")
 
-    model_parser = commands.add_parser("model", help="generation models")
-    model_commands = model_parser.add_subparsers(dest="model_command", required=True, metavar="COMMAND",
-                                                 parser_class=type(model_parser))
+    model_commands = add_group(commands, "model", "generation models")
     tiny = add_command(model_commands, "tiny", cmd_model_tiny,
                        "build the tiny random-weight text-to-video pipeline offline (tests and the embedded default)")
     tiny.add_argument("directory", metavar="DIR")
