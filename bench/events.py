@@ -5,7 +5,7 @@ What one event does (Kafka runs)
     -> `on_scene_approved` in a KafkaFunctionRunner (its own consumer group; one PostgreSQL
        transaction per polled batch: claim in processed_events, SELECT ... FOR UPDATE, guarded
        UPDATE generated->approved, INSERT upscale.requested into the outbox; then offsets commit)
-    -> the relay (relay_to_kafka in a loop, in its own thread with its own connection)
+    -> the relay (`tierflow relay`, a process of its own as in production)
     -> Kafka topic `upscale.requested`, read by an observer (plain KafkaConsumer, group None,
        from the beginning) that maps each message to its scene by data.source_scene_id.
 
@@ -15,7 +15,7 @@ What one event does (Kafka runs)
 
 What one event does (embedded bus runs, no Kafka)
     the producer emits `scene.approved` into the outbox (UnitOfWork.emit) and commits
-    -> run_bus([on_scene_approved], [on_scene_approved], idle_seconds=0.01) in a thread (only
+    -> run_bus([on_scene_approved], [on_scene_approved]) in a thread (only
        the measured function, see run_bus below): relay_to_bus (outbox -> bus_deliveries),
        then consume_from_bus (the same apply_batch / handler as on Kafka, one transaction per
        batch, upscale.requested into the outbox, deliveries deleted)
@@ -36,34 +36,30 @@ measured events are timed and checked. After each run the database and the obser
 all N scenes approved, exactly N upscale.requested outbox rows (all sent), N processed_events
 rows, N distinct upscale.requested messages on Kafka with no duplicates, no dead letters.
 
-Process layout: the system under test (runner threads, relay thread / bus thread) runs in this
-process; the external producer and the observer run in a separate child process, as they would
+Process layout: the runner threads (or the bus thread) run in this process, instrumented; the
+relay is a `tierflow relay` process; the external producer and the observer run in a separate child process, as they would
 in production, so that they do not compete for this process's GIL. Both processes read the same
 CLOCK_MONOTONIC, so send and arrival times are comparable.
 
 Choices that shape the figures (all printed in the header):
-- the relay loop sleeps --relay-idle (10 ms) when the outbox is empty; `tierflow relay` sleeps
-  100 ms, which alone adds 0-100 ms to every latency at moderate load;
+- when the outbox is empty, the relay waits for the NOTIFY that every commit writing outbox rows
+  sends (migration 0008);
 - the external producer uses linger_ms=0 (make_producer's 5 ms linger is the producer's own
   batching, not the runtime's); the runtime's producers are the project's make_producer;
 - KafkaFunctionRunner batch_size is --batch (500, the default).
 
 Besides the table, each run prints: the correctness check; where the time went (runner poll /
-apply_batch / offset commit, relay send / ack wait / DB, or the bus's relay and consume calls);
-for Kafka, each event's latency split into hops (producer->runner poll, poll->DB commit, DB
-commit->relay send, relay send->ack, ack->observer); the CPU each process used and what the rest
+apply_batch / offset commit, or the bus's relay and consume calls); for Kafka, each event's
+latency split into hops (producer->runner poll, poll->DB commit, DB commit->relay->observer);
+the CPU each process used and what the rest
 of the machine used meanwhile ("other CPU" in the table: above ~20% the run shared the 2 cores
 with other work, so read its figures as pessimistic).
-
---prototype NAME[,NAME] measures proposed runtime changes without editing shared/ or functions/
-(see PROTOTYPES below); such rows are labelled "[proto: ...]".
 
 Run (from the repository root):
     .venv/bin/python bench/events.py                 # N=5000, moderate load 500 events/s
     .venv/bin/python bench/events.py --quick         # N=1000, 200 events/s: a smoke run
     .venv/bin/python bench/events.py --events 2000 --rate 300 --only k1a,bus-a
     .venv/bin/python bench/events.py --profile       # cProfile the runtime threads (slower!)
-    .venv/bin/python bench/events.py --only k1a,k1b --prototype batch-claim,async-commit,notify
 
 Targets (from the issue, for this 2-core machine): >= 1,000 events/s end to end at max
 throughput; p99 < 50 ms at moderate load. Both are printed with PASS/MISS.
@@ -82,6 +78,7 @@ import platform
 import pstats
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -153,11 +150,10 @@ class Phases:
 
 class Stages:
     """Per-event timestamps along the Kafka path, keyed by scene id (the message key on both
-    topics): when the runner's poll returned it, when its batch's DB transaction had committed,
-    when the relay handed its upscale.requested to producer.send, when that send was acknowledged.
+    topics): when the runner's poll returned it, when its batch's DB transaction had committed.
     Together with the harness's send and arrival times they split each latency into hops."""
 
-    NAMES = ("polled", "db_committed", "relay_sent", "relay_acked")
+    NAMES = ("polled", "db_committed")
 
     def __init__(self):
         self.at: dict[str, dict[int, float]] = {name: {} for name in self.NAMES}
@@ -196,36 +192,10 @@ class Stages:
         runner.consumer.commit = timed(runner.consumer.commit)
         runner.consumer.commit_async = timed(runner.consumer.commit_async)
 
-    def instrument_relay_producer(self, producer, phases: Phases) -> None:
-        send, flush = producer.send, producer.flush
-        pending: list[int] = []
-
-        def timed_send(topic, *args, key=None, **kwargs):
-            start = clock()
-            self.at["relay_sent"][int(key)] = start
-            pending.append(int(key))
-            result = send(topic, *args, key=key, **kwargs)
-            phases.add("relay: producer.send", clock() - start)
-            return result
-
-        def timed_flush(*args, **kwargs):
-            start = clock()
-            result = flush(*args, **kwargs)
-            end = clock()
-            phases.add("relay: producer.flush (ack wait)", end - start)
-            acked = self.at["relay_acked"]
-            for key in pending:
-                acked[key] = end
-            pending.clear()
-            return result
-
-        producer.send, producer.flush = timed_send, timed_flush
-
     def report(self, ids: list[int], sent: dict[int, float], arrived: dict[int, float]) -> str:
         chain = [("send", sent), *((n, self.at[n]) for n in self.NAMES), ("arrived", arrived)]
         labels = ["in (producer->broker->runner poll)", "handler (poll->DB commit)",
-                  "relay pickup (DB commit->relay send)", "relay ack (send->broker ack)",
-                  "out (ack->observer poll)"]
+                  "out (DB commit->relay->broker->observer poll)"]
         parts = []
         for label, (_, a), (_, b) in zip(labels, chain, chain[1:]):
             deltas = sorted((b[i] - a[i]) * 1000 for i in ids if i in a and i in b)
@@ -642,167 +612,6 @@ class Threads:
 
 
 # ---------------------------------------------------------------------------------------------
-# Prototypes of runtime changes, measured with --prototype (shared/ and functions/ are unchanged;
-# each prototype is the smallest copy or wrapper of the real code that shows the effect).
-
-PROTOTYPES = {
-    "pipeline": "apply_batch in psycopg pipeline mode (6 -> 4 round trips per event)",
-    "async-commit": "runner commits offsets with commit_async instead of a blocking commit",
-    "batch-claim": "apply_batch claims the whole batch in one INSERT and runs it in one savepoint; "
-                   "on any failure it rolls that back and re-runs the batch the current way",
-    "notify": "outbox AFTER INSERT statement trigger + NOTIFY; the relay waits on LISTEN, not sleep",
-    "bus-no-prepare": "the embedded bus runs its bus_deliveries queries with prepare=False (no cached "
-                      "generic plan)",
-}
-NOTIFY_CHANNEL = "tierflow_outbox"
-
-
-def pipelined(apply_batch):
-    """apply_batch, unchanged, inside `conn.pipeline()`.
-
-    psycopg then sends statements whose results nobody reads without waiting: per event the
-    SAVEPOINT goes with the claim, the UPDATE and the outbox INSERT go together, so 6 round
-    trips become 4 (conn.transaction() syncs at the end of each savepoint block, so an error
-    still surfaces inside the event's own savepoint and only that event is rolled back).
-    """
-
-    def run(conn, *args, **kwargs):
-        with conn.pipeline():
-            return apply_batch(conn, *args, **kwargs)
-
-    return run
-
-
-def batch_claiming(apply_batch):
-    """A copy of shared.consumer.apply_batch's happy path, set-based where it can be.
-
-    Today every event costs a SAVEPOINT/RELEASE and its own claim INSERT (3 of its ~6 round
-    trips, ~150 us of Python + PostgreSQL). Here: parse all, claim all in one INSERT ... unnest
-    ... RETURNING, handle the claimed events with no savepoint of their own, all inside one
-    savepoint. If anything fails, that savepoint is rolled back and the batch is applied again
-    by the unchanged apply_batch (per-event savepoints, retries, dead letters), so outcomes and
-    guarantees are the same; only a batch with a failure pays twice.
-    """
-    import psycopg
-
-    from events import InvalidEvent, parse_event
-    from shared.consumer import Outcome
-    from shared.uow import UnitOfWork
-
-    def run(conn, deps, function, messages, retry=None):
-        outcome, parsed = Outcome(), []
-        for message in messages:
-            try:
-                cloud_event, event = parse_event(message.value)
-            except InvalidEvent:
-                return apply_batch(conn, deps, function, messages, *([retry] if retry else []))
-            if cloud_event.type not in function.consumes:
-                return apply_batch(conn, deps, function, messages, *([retry] if retry else []))
-            parsed.append((message, cloud_event, event))
-        uow = UnitOfWork(conn, source=f"urn:tierflow:{function.name}")
-        try:
-            with conn.transaction(), deps.joined_uow(uow):
-                claimed = {r["event_id"] for r in conn.execute(
-                    "INSERT INTO processed_events (consumer, event_id) SELECT %s, unnest(%s::text[]) "
-                    "ON CONFLICT DO NOTHING RETURNING event_id",
-                    [function.name, [c.id for _, c, _ in parsed]]).fetchall()}
-                for message, cloud_event, event in parsed:
-                    if cloud_event.id in claimed:
-                        claimed.discard(cloud_event.id)  # a second copy in this batch is a duplicate
-                        function.handle(event, deps)
-                        outcome.applied.append(message)
-                    else:
-                        outcome.duplicates.append(message)
-        except psycopg.OperationalError:
-            raise
-        except Exception:  # noqa: BLE001 - rolled back: the current per-event path decides
-            return apply_batch(conn, deps, function, messages, *([retry] if retry else []))
-        return outcome
-
-    return run
-
-
-def async_commit_runner_class():
-    from kafka.structs import OffsetAndMetadata
-
-    from shared.kafka_bus import KafkaFunctionRunner
-
-    class AsyncCommitRunner(KafkaFunctionRunner):
-        """KafkaFunctionRunner._apply with one change: commit_async instead of commit.
-
-        Safe with this runtime's guarantees: offsets are still committed only after the DB
-        transaction; a commit lost in a crash only redelivers events that processed_events
-        turns into no-ops. The runner goes back to poll() ~9 ms sooner per batch (the broker's
-        group coordinator lingers 5 ms, group.coordinator.append.linger.ms, before it writes).
-        """
-
-        def _apply(self, conn, batch):
-            from shared import kafka_bus
-            from shared.consumer import Message
-
-            messages = [
-                Message(r.topic, r.value if r.value is not None else b"", r.key, partition=r.partition, offset=r.offset)
-                for records in batch.values() for r in records
-            ]
-            with conn.transaction():
-                outcome = kafka_bus.apply_batch(conn, self.deps, self.function, messages, self.retry)
-            if outcome.dead:
-                kafka_bus.send_dead_letters(self.producer, self.function.name, outcome.dead)
-            self.consumer.commit_async({
-                partition: OffsetAndMetadata(records[-1].offset + 1, "", -1) for partition, records in batch.items()
-            })
-            return outcome
-
-    return AsyncCommitRunner
-
-
-def prototype_apply(apply_batch, prototypes: list[str]):
-    if "batch-claim" in prototypes:
-        apply_batch = batch_claiming(apply_batch)
-    if "pipeline" in prototypes:
-        apply_batch = pipelined(apply_batch)
-    return apply_batch
-
-
-def unprepared_bus_queries(deps) -> None:
-    """Make `deps.connect()` connections run the bus's batch queries with prepare=False.
-
-    psycopg prepares a statement after 5 executions; PostgreSQL then may cache a generic plan
-    made while bus_deliveries and outbox were (nearly) empty, e.g. while run_bus idles. Once a
-    backlog builds up, consume_from_bus's SELECT with that plan took 50 -> 600 ms per batch,
-    growing with the backlog, where a fresh plan takes ~5 ms. The change this prototypes:
-    `conn.execute(..., prepare=False)` for the two bus_deliveries queries in shared/bus.py.
-    """
-    connect = deps.connect
-
-    def connect_unprepared(*args, **kwargs):
-        conn = connect(*args, **kwargs)
-        execute = conn.execute
-
-        def execute_unprepared(query, params=None, **options):
-            if "bus_deliveries" in str(query):
-                options["prepare"] = False
-            return execute(query, params, **options)
-
-        conn.execute = execute_unprepared
-        return conn
-
-    deps.connect = connect_unprepared
-
-
-def install_outbox_notify(deps) -> None:
-    """What a migration would add: one NOTIFY per transaction that wrote outbox rows (a
-    statement-level trigger, so no extra round trip; PostgreSQL folds equal notifications of
-    one transaction into one and delivers it at COMMIT)."""
-    with deps.connect() as conn, conn.transaction():
-        conn.execute(f"""
-            CREATE FUNCTION bench_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN PERFORM pg_notify('{NOTIFY_CHANNEL}', ''); RETURN NULL; END $$;
-            CREATE TRIGGER bench_outbox_notify AFTER INSERT ON outbox
-                FOR EACH STATEMENT EXECUTE FUNCTION bench_outbox_notify();""")
-
-
-# ---------------------------------------------------------------------------------------------
 # Runs
 
 
@@ -854,7 +663,7 @@ def run_kafka(env: Environment, config: Config, args) -> Result:
     from functions.registry import FUNCTIONS
     from infra.kafka import start_broker
     from shared import kafka_bus
-    from shared.kafka_bus import KafkaFunctionRunner, ensure_topics, make_producer, relay_to_kafka
+    from shared.kafka_bus import KafkaFunctionRunner, ensure_topics, make_producer
 
     result = Result(config, args.events)
     function = FUNCTIONS[FUNCTION_NAME]
@@ -882,56 +691,30 @@ def run_kafka(env: Environment, config: Config, args) -> Result:
         analyze(deps)
 
         threads = Threads(args.profile)
-        harness = dlq_producer = None
-        apply = prototype_apply(kafka_bus.apply_batch, args.prototypes)
-        runner_class = async_commit_runner_class() if "async-commit" in args.prototypes else KafkaFunctionRunner
-        notify = "notify" in args.prototypes
-        if notify:
-            install_outbox_notify(deps)
+        harness = dlq_producer = relay = None
         # Timing wrappers (measurement only): apply_batch is the handler work in PostgreSQL.
-        with patched(kafka_bus, "apply_batch", phases.wrap("runner: apply_batch (DB)", apply,
+        with patched(kafka_bus, "apply_batch", phases.wrap("runner: apply_batch (DB)", kafka_bus.apply_batch,
                                                            items=lambda a, k, r: len(a[3]))):
             try:
                 dlq_producer = make_producer(bootstrap)  # the runners' dead-letter producer
                 runners = []
                 for i in range(config.runners):
-                    runner = runner_class(deps, function, bootstrap, dlq_producer, batch_size=args.batch)
+                    runner = KafkaFunctionRunner(deps, function, bootstrap, dlq_producer, batch_size=args.batch)
                     stages.instrument_runner(runner, phases)
                     runners.append(runner)
                     threads.start(f"runner{i + 1}", lambda r=runner: r.run(threads.stop.is_set, on_outcome))
 
-                def relay():
-                    producer = make_producer(bootstrap)
-                    stages.instrument_relay_producer(producer, phases)
-                    conn = deps.connect()
-                    if notify:
-                        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    try:
-                        while not threads.stop.is_set():
-                            start = clock()
-                            sent = relay_to_kafka(conn, producer)
-                            phases.add("relay: relay_to_kafka" if sent else "relay: idle call", clock() - start, sent)
-                            if not sent:
-                                if notify:
-                                    # Wake at the first commit that wrote outbox rows (or after
-                                    # the timeout, to notice a stop). Notifications that came
-                                    # during relay_to_kafka are queued: the next wait returns at once.
-                                    for _ in conn.notifies(timeout=0.2, stop_after=1):
-                                        pass
-                                else:
-                                    # The CLI relay sleeps 0.1 s when idle; that alone would add
-                                    # up to 100 ms per event. This loop uses --relay-idle.
-                                    time.sleep(args.relay_idle)
-                    finally:
-                        conn.close()
-                        producer.close()
-
-                threads.start("relay", relay)
+                # The relay runs as in production: `tierflow relay`, a process of its own.
+                relay = subprocess.Popen(
+                    [sys.executable, "-m", "functions.cli", "relay"], cwd=_BENCH_DIR.parent,
+                    env={**os.environ, "TIERFLOW_DATABASE_URL": url, "TIERFLOW_KAFKA_BOOTSTRAP": bootstrap,
+                         "TIERFLOW_KAFKA_PARTITIONS": str(config.partitions), "TIERFLOW_HOME": str(env.home)},
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 _wait_for_assignment(runners, config.partitions, threads, args.timeout)
 
                 harness = Harness(_kafka_harness, bootstrap, warm_ids, ids, args.rate if config.paced else 0,
                                   args.timeout)
-                meter = CpuMeter({"runtime (this process)": lambda: [os.getpid()],
+                meter = CpuMeter({"runners (this process)": lambda: [os.getpid()], "relay": lambda: [relay.pid],
                                   "producer+observer": lambda: [harness.process.pid],
                                   "kafka": lambda: [broker.pid], "postgres": env.postgres_pids},
                                  threads.native_ids)
@@ -946,6 +729,9 @@ def run_kafka(env: Environment, config: Config, args) -> Result:
                 return result
             finally:
                 threads.close()
+                if relay:  # SIGTERM: it finishes its batch, marking what was acknowledged sent
+                    relay.terminate()
+                    relay.wait(30)
                 if harness:
                     harness.close()
                 if dlq_producer:
@@ -1004,18 +790,11 @@ def _kafka_phases(phases: Phases) -> str:
     polls, poll_s, polled = phases.get("runner: poll")
     batches, apply_s, applied = phases.get("runner: apply_batch (DB)")
     _, commit_s, _ = phases.get("runner: offset commit")
-    relays, relay_s, relayed = phases.get("relay: relay_to_kafka")
-    idles, idle_s, _ = phases.get("relay: idle call")
-    _, send_s, _ = phases.get("relay: producer.send")
-    _, flush_s, _ = phases.get("relay: producer.flush (ack wait)")
     per = lambda s, n: f"{1000 * s / n:.1f} ms" if n else "-"  # noqa: E731
     return (
         f"runner(s): {batches} batches, avg {applied / batches if batches else 0:.0f} msgs; "
         f"poll {poll_s:.2f}s ({polls} calls), apply_batch {apply_s:.2f}s ({per(apply_s, batches)}/batch, "
-        f"{per(apply_s, applied)}/event), offset commit {commit_s:.2f}s ({per(commit_s, batches)}/batch)\n"
-        f"    relay: {relays} batches, avg {relayed / relays if relays else 0:.0f} rows, {relay_s:.2f}s in "
-        f"relay_to_kafka = producer.send {send_s:.2f}s + flush/ack wait {flush_s:.2f}s + DB "
-        f"{max(relay_s - send_s - flush_s, 0):.2f}s; {idles} idle calls ({idle_s:.2f}s)"
+        f"{per(apply_s, applied)}/event), offset commit {commit_s:.2f}s ({per(commit_s, batches)}/batch)"
     )
 
 
@@ -1048,17 +827,15 @@ def run_bus(env: Environment, config: Config, args) -> Result:
 
     threads = Threads(args.profile)
     harness = None
-    if "bus-no-prepare" in args.prototypes:
-        unprepared_bus_queries(deps)
     with patched(bus, "relay_to_bus", phases.wrap("bus: relay_to_bus", bus.relay_to_bus, items=lambda a, k, r: r)), \
             patched(bus, "consume_from_bus", phases.wrap("bus: consume_from_bus", bus.consume_from_bus,
                                                          items=lambda a, k, r: len(r.applied))), \
             patched(bus, "apply_batch", phases.wrap(
-                "bus: apply_batch", prototype_apply(bus.apply_batch, args.prototypes),
+                "bus: apply_batch", bus.apply_batch,
                 items=lambda a, k, r: len(a[3]))):
         try:
             threads.start("bus", lambda: bus.run_bus(deps, functions, functions, should_stop=threads.stop.is_set,
-                                                     idle_seconds=0.01, on_outcome=on_outcome))
+                                                     on_outcome=on_outcome))
             harness = Harness(_bus_harness, url, str(env.home), warm_ids, ids, args.rate if config.paced else 0,
                               args.timeout)
             meter = CpuMeter({"runtime (this process)": lambda: [os.getpid()],
@@ -1233,8 +1010,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1000 events, 200 events/s")
     parser.add_argument("--only", help="comma-separated config keys: " + ",".join(c.key for c in configs(0)))
     parser.add_argument("--batch", type=int, default=500, help="KafkaFunctionRunner batch_size (max_poll_records)")
-    parser.add_argument("--relay-idle", type=float, default=0.01,
-                        help="relay loop's sleep when the outbox is empty (the CLI uses 0.1 s)")
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for one phase of a run")
     parser.add_argument("--profile", action="store_true", help="cProfile the runtime threads (slows them down)")
     parser.add_argument("--tmp", help="parent directory for temp dirs (default: the system's)")
@@ -1244,24 +1019,11 @@ def main(argv: list[str] | None = None) -> int:
                              "keeps the least disturbed attempt, every attempt is printed")
     parser.add_argument("--quiet-wait", type=float, default=120,
                         help="before a retry, wait up to this many seconds for the machine to be idle")
-    parser.add_argument("--prototype", default="", help="comma-separated runtime changes to measure instead "
-                        "of the current code: " + "; ".join(f"{k}: {v}" for k, v in PROTOTYPES.items()))
     args = parser.parse_args(argv)
-    args.prototypes = [p for p in args.prototype.split(",") if p]
-    unknown_prototypes = set(args.prototypes) - set(PROTOTYPES)
-    if unknown_prototypes:
-        parser.error(f"unknown prototype(s) {', '.join(sorted(unknown_prototypes))}")
     args.events = args.events or (1000 if args.quick else 5000)
     args.rate = args.rate or (200.0 if args.quick else 500.0)
     args.kafka_version = None
     selected = configs(args.rate)
-    if args.prototypes:
-        # Honest labels: these rows measure a change that is not in shared/ yet.
-        for config in selected:
-            applies = [p for p in args.prototypes
-                       if p in ("pipeline", "batch-claim") or (p == "bus-no-prepare") == (config.runtime == "bus")]
-            if applies:
-                config.label += " [proto: " + "+".join(applies) + "]"
     if args.only:
         keys = set(args.only.split(","))
         unknown = keys - {c.key for c in selected}
@@ -1284,10 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
         pg_version = env.postgres_version()
         load = os.getloadavg()
         print(f"Tierflow event runtime benchmark: {args.events} events per run, moderate load {args.rate:g}/s, "
-              f"warm-up {WARMUP_EVENTS} events per run, runner batch_size {args.batch}, "
-              f"relay idle sleep {args.relay_idle * 1000:g} ms")
-        for name in args.prototypes:
-            print(f"PROTOTYPE (not the current runtime code): {name}: {PROTOTYPES[name]}")
+              f"warm-up {WARMUP_EVENTS} events per run, runner batch_size {args.batch}")
         print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
               + (f"; disturbed runs retried up to {args.retries} times" if args.retries else "") + "\n", flush=True)
         for config in selected:
@@ -1320,8 +1079,8 @@ def main(argv: list[str] | None = None) -> int:
           f"Python {platform.python_version()}, Kafka {args.kafka_version or '(not run)'} (broker; client "
           f"kafka-python {kafka.__version__}), PostgreSQL {pg_version} (embedded, fsync on; psycopg "
           f"{psycopg.__version__}), {platform.system()} {platform.release()}")
-    print(f"latency: Kafka rows = upscale.requested arrival at the observer - scene.approved send; "
-          f"bus rows = upscale.requested outbox row committed - scene.approved outbox commit")
+    print("latency: Kafka rows = upscale.requested arrival at the observer - scene.approved send; "
+          "bus rows = upscale.requested outbox row committed - scene.approved outbox commit")
     print(f"targets: max throughput >= {THROUGHPUT_TARGET:,.0f} events/s end to end; "
           f"p99 < {P99_TARGET_MS:.0f} ms at moderate load ({args.rate:g}/s)\n")
     print_table(results)

@@ -3,7 +3,8 @@
 Dispatching is the one effect outside the database. The job row is locked and checked first,
 so a redelivered event dispatches nothing; if the transaction fails after the dispatcher took
 the job, the redelivery dispatches it again — the worker writes the same keys and the result
-handler applies only the first result, so a duplicate costs GPU time, never correctness.
+handler applies only the first result, so a duplicate costs GPU time, never correctness. To keep
+that rare, the function is `isolated`: one failing event never makes a batch's others re-dispatch.
 """
 
 from events import GenerationRequested
@@ -33,5 +34,5 @@ def handle(event: GenerationRequested, deps) -> None:
         )
 
 
-FUNCTION = Function("on_generation_requested", (GenerationRequested.type,), handle)
+FUNCTION = Function("on_generation_requested", (GenerationRequested.type,), handle, isolated=True)
 lambda_handler = lambda_entrypoint(FUNCTION)

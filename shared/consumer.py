@@ -1,7 +1,9 @@
 """Applying received events to a function, the same way on every runtime (Kafka, embedded bus, Lambda).
 
-A batch is applied in the caller's transaction; each message in a savepoint of its own, so one
-failure undoes that message only. A message is:
+A batch is applied in the caller's transaction. The usual case costs two statements beyond the
+handlers' own: one claims every event of the batch, and one savepoint holds them all. If any
+handler fails there, that savepoint is rolled back and the batch is applied again one message per
+savepoint, so one failure undoes that message only. A message is:
   - applied: parsed, claimed in `processed_events` (effectively-once) and handled;
   - a duplicate: claimed before (a redelivery), so nothing changes;
   - dead: unparseable, refused by a rule, or still failing after bounded retries with backoff.
@@ -27,6 +29,9 @@ class Function:
     name: str
     consumes: tuple[str, ...]
     handle: Callable[[Event, object], None]
+    # Apply each event in its own savepoint, never a batch at once: for handlers with an effect
+    # outside the database (dispatching GPU work), which re-applying a batch would repeat.
+    isolated: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,38 +89,72 @@ def apply_batch(
     the batch is committed and the caller retries the whole batch later.
     """
     outcome = Outcome()
+    parsed = []
+    # 1. parse at the edge: a bad payload is dead at once and never blocks the rest
+    for message in messages:
+        try:
+            cloud_event, event = parse_event(message.value)
+            if cloud_event.type not in function.consumes:
+                raise InvalidEvent(
+                    f"{function.name} does not take {cloud_event.type} events "
+                    f"(it takes {', '.join(function.consumes)})"
+                )
+        except InvalidEvent as exc:
+            outcome.dead.append((message, str(exc)))
+            continue
+        parsed.append((message, cloud_event.id, event))
     uow = UnitOfWork(conn, source=f"urn:tierflow:{function.name}")
     with deps.joined_uow(uow):
-        for message in messages:
-            # 1. parse at the edge: a bad payload is dead at once and never blocks the rest
-            try:
-                cloud_event, event = parse_event(message.value)
-                if cloud_event.type not in function.consumes:
-                    raise InvalidEvent(
-                        f"{function.name} does not take {cloud_event.type} events "
-                        f"(it takes {', '.join(function.consumes)})"
-                    )
-            except InvalidEvent as exc:
-                outcome.dead.append((message, str(exc)))
-                continue
-            # 2. claim and handle, retrying what may be transient
-            for attempt in range(1, retry.attempts + 1):
-                try:
-                    with conn.transaction():
-                        if not uow.claim(function.name, cloud_event.id):
-                            outcome.duplicates.append(message)
-                            break
-                        function.handle(event, deps)
-                    outcome.applied.append(message)
-                    break
-                except psycopg.OperationalError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - every failure is classified below
-                    if _permanent(exc):
-                        outcome.dead.append((message, f"refused: {exc}"))
-                        break
-                    if attempt == retry.attempts:
-                        outcome.dead.append((message, f"failed {attempt} times, last: {type(exc).__name__}: {exc}"))
-                        break
-                    time.sleep(retry.backoff_seconds * 2 ** (attempt - 1))
+        # 2. claim and handle: all at once, or (after a failure, or when isolated) one by one
+        if function.isolated or not _apply_together(conn, uow, deps, function, parsed, outcome):
+            for message, event_id, event in parsed:
+                _apply_one(conn, uow, deps, function, message, event_id, event, retry, outcome)
     return outcome
+
+
+def _apply_together(conn, uow: UnitOfWork, deps, function: Function, parsed, outcome: Outcome) -> bool:
+    """Claim and handle every parsed event in one savepoint; False (and nothing done) if any failed."""
+    applied, duplicates = [], []
+    try:
+        # Pipeline mode: statements whose results a handler does not read (its UPDATEs and
+        # INSERTs) go out without waiting for the server, so an event costs about one round trip.
+        with conn.pipeline(), conn.transaction():
+            claimed = uow.claim_all(function.name, [event_id for _, event_id, _ in parsed])
+            for message, event_id, event in parsed:
+                if event_id in claimed:
+                    claimed.discard(event_id)  # a second copy later in this batch is a duplicate
+                    function.handle(event, deps)
+                    applied.append(message)
+                else:
+                    duplicates.append(message)
+    except psycopg.OperationalError:
+        raise
+    except Exception:  # noqa: BLE001 - rolled back; applying one by one finds and classifies it
+        return False
+    outcome.applied += applied
+    outcome.duplicates += duplicates
+    return True
+
+
+def _apply_one(conn, uow: UnitOfWork, deps, function: Function, message: Message, event_id: str, event,
+               retry: RetryPolicy, outcome: Outcome) -> None:
+    """Claim and handle one event in its own savepoint, retrying what may be transient."""
+    for attempt in range(1, retry.attempts + 1):
+        try:
+            with conn.transaction():
+                if not uow.claim(function.name, event_id):
+                    outcome.duplicates.append(message)
+                    return
+                function.handle(event, deps)
+            outcome.applied.append(message)
+            return
+        except psycopg.OperationalError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is classified below
+            if _permanent(exc):
+                outcome.dead.append((message, f"refused: {exc}"))
+                return
+            if attempt == retry.attempts:
+                outcome.dead.append((message, f"failed {attempt} times, last: {type(exc).__name__}: {exc}"))
+                return
+            time.sleep(retry.backoff_seconds * 2 ** (attempt - 1))

@@ -39,3 +39,12 @@ class UnitOfWork:
             [consumer, event_id],
         ).fetchone()
         return row is not None
+
+    def claim_all(self, consumer: str, event_ids: list[str]) -> set[str]:
+        """`claim` for many events in one statement; returns the ids claimed now."""
+        rows = self.conn.execute(
+            "INSERT INTO processed_events (consumer, event_id) SELECT %s, unnest(%s::text[]) "
+            "ON CONFLICT DO NOTHING RETURNING event_id",
+            [consumer, event_ids],
+        ).fetchall()
+        return {row["event_id"] for row in rows}
