@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from functions import cli_delivery, cli_events, cli_infra, cli_jobs
+from functions import cli_delivery, cli_events, cli_infra, cli_jobs, cli_serve
 from functions.cli_parsing import Parser, add_command, add_group, print_table
 from shared import db, tiers
 from shared.bootstrap import Deps
@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_command(stack_commands, "status", cmd_stack_status, "show the database and S3 servers in use")
     add_command(stack_commands, "stop", cmd_stack_stop, "stop the embedded servers (data is kept)")
 
-    for module in (cli_events, cli_jobs, cli_delivery, cli_infra):
+    for module in (cli_events, cli_jobs, cli_delivery, cli_infra, cli_serve):
         module.register(commands)
 
     config_commands = add_group(commands, "config", "configuration")

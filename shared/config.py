@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     draft_retention_days: int = Field(
         default=30, ge=1, le=3650, description="Days after which Draft media expire (bucket lifecycle rule)."
     )
+    api_keys: SecretStr | None = Field(
+        default=None,
+        description='HTTP API keys as JSON: [{"name": "ci", "role": "admin|artist|viewer", "key": "..."}]; '
+                    "unset: the keys file under home (`tierflow serve` creates it with one admin key).",
+    )
     batch_endpoint_url: str | None = Field(default=None, description="AWS Batch endpoint (moto server in tests).")
     batch_job_queue: str = Field(default="tierflow-gpu", description="AWS Batch job queue of the GPU workers.")
     batch_job_definition: str = Field(default="tierflow-worker", description="AWS Batch job definition of the worker.")
@@ -74,6 +79,11 @@ class Settings(BaseSettings):
     def model_path(self) -> str:
         """The model jobs use when they name none."""
         return self.model or str((self.home / "models" / "tiny").resolve())
+
+    @property
+    def api_keys_file(self) -> Path:
+        """Where the HTTP API's keys live when TIERFLOW_API_KEYS is unset."""
+        return (self.home / "api-keys.json").resolve()
 
     @property
     def embedded_database(self) -> bool:
@@ -105,6 +115,7 @@ class Settings(BaseSettings):
             "retry_backoff_seconds": str(self.retry_backoff_seconds),
             "similarity_threshold": str(self.similarity_threshold),
             "draft_retention_days": str(self.draft_retention_days),
+            "api_keys": "****" if self.api_keys else f"(keys file {self.api_keys_file})",
             "batch_endpoint_url": self.batch_endpoint_url or "(AWS default)",
             "batch_job_queue": self.batch_job_queue,
             "batch_job_definition": self.batch_job_definition,

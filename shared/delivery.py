@@ -12,6 +12,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from events import DeliveryCompleted, DeliveryRejected, DeliveryRequested, RejectionReason
+from shared import tiers
 from shared.errors import InvalidInput, NotFound
 
 MAX_SCENES = 1000
@@ -46,7 +47,7 @@ def delivery_problems(conn: psycopg.Connection, s3, bucket: str, project: str, s
         if scene is None:
             reasons.append(_reason("SCENE_NOT_FOUND", scene_id, None, f"Scene {scene_id} does not exist."))
             continue
-        tier, label = scene["tier"], "-".join(p.capitalize() for p in scene["tier"].split("-"))
+        tier, label = scene["tier"], tiers.tier_label(scene["tier"])
         size = f"{scene['width']}×{scene['height']}"
         if scene["project"] != project:
             reasons.append(_reason("SCENE_NOT_IN_PROJECT", scene_id, tier,

@@ -214,9 +214,15 @@ def _scene_json(conn: psycopg.Connection, row: dict) -> dict:
     progress = sum((s["job"] or {}).get("progress", 0) for s in segments) / len(segments) if segments else 0
     return {
         "scene_id": row["id"], "name": row["name"], "project": row["project"], "status": row["status"],
-        "tier": row["tier"], "width": row["width"], "height": row["height"],
+        "tier": row["tier"], "tier_label": tiers.tier_label(row["tier"]), "tier_deliverable": row["tier_deliverable"],
+        "width": row["width"], "height": row["height"],
         "aspect": f"{row['aspect_width']}:{row['aspect_height']}", "progress": round(progress, 1),
         "recipe_hash": row["recipe_hash"], "upscaled_from_scene_id": row["upscaled_from_scene_id"],
+        "upscale_targets": [
+            {"scene_id": r["id"], "tier": r["tier"], "tier_label": tiers.tier_label(r["tier"])}
+            for r in conn.execute(
+                """SELECT s.id, t.name AS tier FROM scenes s JOIN resolution_tiers t ON t.id = s.resolution_tier_id
+                   WHERE s.upscaled_from_scene_id = %s ORDER BY t.sort_order""", [row["id"]])],
         "approved_at": row["approved_at"].isoformat() if row["approved_at"] else None,
         "created_at": row["created_at"].isoformat(), "segments": segments,
     }

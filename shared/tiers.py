@@ -46,6 +46,11 @@ TIER_COLUMNS = (
 )
 
 
+def tier_label(name: str) -> str:
+    """Human name for badges and messages: "Draft", "Ultra-Hd" for a custom `ultra-hd`."""
+    return "-".join(part.capitalize() for part in name.split("-"))
+
+
 @dataclass(frozen=True)
 class Tier:
     id: int
@@ -63,8 +68,7 @@ class Tier:
 
     @property
     def label(self) -> str:
-        """Human name for badges and messages: "Draft", "Ultra-Hd" for a custom `ultra-hd`."""
-        return "-".join(part.capitalize() for part in self.name.split("-"))
+        return tier_label(self.name)
 
     def size_for(self, aspect: AspectRatio) -> tuple[int, int]:
         """Generation size of a scene of `aspect` at this tier."""

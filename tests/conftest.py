@@ -1,6 +1,7 @@
 """Shared fixtures: one real PostgreSQL (the embedded one, in a temporary home) per test session,
 a migrated template database, and a fresh copy of it for every test that needs a database."""
 
+import json
 import os
 import subprocess
 import sys
@@ -120,6 +121,20 @@ def gen_deps(database_url, tmp_path, tiny_model):
     """`generation_deps` on the test's database; its embedded S3 server is stopped afterwards."""
     home = tmp_path / "home"
     yield generation_deps(database_url, home, tiny_model)
+    embedded.stop(home)
+
+
+# One key per role, for HTTP API tests (`api_deps`).
+API_KEYS = {"admin": "admin-key-0123456789abcdef", "artist": "artist-key-0123456789abcdef",
+            "viewer": "viewer-key-0123456789abcdef"}
+
+
+@pytest.fixture
+def api_deps(database_url, tmp_path, tiny_model):
+    """`generation_deps` with API_KEYS configured (named "<role>-1")."""
+    home = tmp_path / "home"
+    keys = json.dumps([{"name": f"{role}-1", "role": role, "key": key} for role, key in API_KEYS.items()])
+    yield generation_deps(database_url, home, tiny_model, api_keys=keys)
     embedded.stop(home)
 
 
