@@ -281,7 +281,7 @@ def cmd_demo(deps: Deps, args) -> int:
         else:
             print(f"      delivery {delivery_id} completed: manifest s3://{deps.bucket}/{outcome['manifest_key']}")
     print(f"Done in {time.monotonic() - started:.1f} s. `tierflow scenes show {target_id}` shows the lineage; "
-          "`tierflow stack stop` stops the services.")
+          "`tierflow serve` shows it all in the browser; `tierflow stack stop` stops the services.")
     delivered_as_expected = outcomes == {draft_id: "rejected", target_id: "completed"}
     return 0 if production["status"] == "generated" and same and delivered_as_expected else 1
 

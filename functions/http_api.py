@@ -8,12 +8,13 @@ viewers read, artists also submit, approve, upscale and deliver, admins also cha
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -35,6 +36,7 @@ STREAM_SECONDS = 600
 STREAM_POLL_SECONDS = 0.5
 STREAM_ENDS_AT = {"generated", "approved", "failed"}
 
+RANGE = re.compile(r"bytes=(\d+-\d*|-\d+)")  # one range; a multi-range request gets the whole file
 Id = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="a database id")]
 DbInt = Annotated[int, Field(ge=0, le=2**31 - 1)]
 SceneIds = Annotated[list[Annotated[int, Field(ge=1, le=2**63 - 1)]],
@@ -301,9 +303,11 @@ def create_app(deps) -> FastAPI:
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.get("/api/scenes/{scene_id}/segments/{position}/{kind}", tags=["scenes"], responses={
-        200: {"content": {"image/png": {}, "video/mp4": {}}}, 404: ERRORS[404]})
+        200: {"content": {"image/png": {}, "video/mp4": {}}}, 206: {"description": "the requested byte range"},
+        404: ERRORS[404], 416: {"description": "range outside the file", "content": PROBLEM_SCHEMA}})
     def segment_file(scene_id: Id, position: Annotated[int, PathParam(ge=0, le=10_000)], kind: str,
-                     _: Viewer, conn: Conn) -> Response:
+                     _: Viewer, conn: Conn, byte_range: Annotated[str | None, Header(alias="Range")] = None
+                     ) -> Response:
         kinds = {"poster": ("poster", "image/png"), "video": ("video", "video/mp4"),
                  "comparison": ("comparison", "image/png")}
         if kind not in kinds:
@@ -315,9 +319,20 @@ def create_app(deps) -> FastAPI:
         key = (segment["outputs"] or {}).get(output)
         if key is None:
             raise NotFound(f"segment {position} of scene {scene_id} has no {kind} (yet)")
-        body = deps.s3.get_object(Bucket=deps.bucket, Key=key)["Body"]
-        return StreamingResponse(body.iter_chunks(), media_type=media_type,
-                                 headers={"Cache-Control": "private, max-age=3600"})
+        # Byte ranges let the browser's video player seek; S3 answers them itself.
+        ranged = byte_range is not None and RANGE.fullmatch(byte_range) is not None
+        try:
+            found = deps.s3.get_object(Bucket=deps.bucket, Key=key, **({"Range": byte_range} if ranged else {}))
+        except deps.s3.exceptions.ClientError as exc:
+            if exc.response["Error"]["Code"] == "InvalidRange":
+                raise Problem(416, "Range not satisfiable", f"{byte_range} is outside the file") from None
+            raise
+        headers = {"Cache-Control": "private, max-age=3600", "Accept-Ranges": "bytes",
+                   "Content-Length": str(found["ContentLength"])}
+        if ranged:
+            headers["Content-Range"] = found["ContentRange"]
+        return StreamingResponse(found["Body"].iter_chunks(), status_code=206 if ranged else 200,
+                                 media_type=media_type, headers=headers)
 
     # -- deliveries -----------------------------------------------------------------------------
 

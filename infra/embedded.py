@@ -124,10 +124,25 @@ def _running_postmaster(home: Path) -> PostmasterInfo | None:
 
 def _stop_postgres(home: Path) -> bool:
     pgdata = home.resolve() / "postgres"
-    if _running_postmaster(home) is None:
+    postmaster = _running_postmaster(home)
+    if postmaster is None:
         return False
     pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_postgres_system_user())
+    # pg_ctl returns once the pid file is gone, a moment before the process has exited; wait for
+    # that too, so a caller may remove the data directory at once.
+    deadline = time.monotonic() + 10
+    while not _exited(postmaster.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return True
+
+
+def _exited(pid: int) -> bool:
+    """The process is gone (or a zombie). Where /proc is missing this says yes at once."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,10 @@ def s3_client(endpoint_url: str | None, region: str, access_key: str | None = No
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
         # Path-style addressing works on every S3 server; SigV4 is the only signature rclone accepts.
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
+        # Response checksums only when asked for: rclone sends the whole object's checksum with a
+        # byte-range answer, which botocore would then refuse (files are checked by sha256 anyway).
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 3},
+                      response_checksum_validation="when_required"),
     )
 
 

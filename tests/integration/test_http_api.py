@@ -217,7 +217,9 @@ def test_draft_approve_upscale_and_deliver_over_http(client, api_deps, conn):
         return client.get(f"/api/scenes/{scene_id}", headers=as_("viewer")).json()
 
     # 1. a Draft, rendered, with its files
-    draft = client.post("/api/jobs", headers=as_("artist"), json={**JOB, "tier": "draft"}).json()["scene_id"]
+    quick = [{"prompt": "a harbour", "seed": 7, "frames": 2, "steps": 1}]  # a Production render on a CPU is slow
+    draft = client.post("/api/jobs", headers=as_("artist"), json={**JOB, "tier": "draft", "segments": quick}
+                        ).json()["scene_id"]
     settle(lambda c: scene(draft)["status"] == "generated")
     shown = scene(draft)
     assert shown["progress"] == 100.0 and shown["segments"][0]["urls"]["comparison"] is None
@@ -225,6 +227,11 @@ def test_draft_approve_upscale_and_deliver_over_http(client, api_deps, conn):
     video = client.get(shown["segments"][0]["urls"]["video"], headers=as_("viewer"))
     assert poster.headers["content-type"] == "image/png" and poster.content.startswith(b"\x89PNG")
     assert video.headers["content-type"] == "video/mp4" and video.content[4:8] == b"ftyp"
+    part = client.get(shown["segments"][0]["urls"]["video"], headers={**as_("viewer"), "Range": "bytes=4-7"})
+    assert (part.status_code, part.content) == (206, b"ftyp")
+    assert part.headers["content-range"] == f"bytes 4-7/{len(video.content)}"
+    _problem(client.get(shown["segments"][0]["urls"]["video"],
+                        headers={**as_("viewer"), "Range": f"bytes={len(video.content) + 10}-"}), 416)
 
     # 2. approve, then one click: the same target every time
     assert client.post(f"/api/scenes/{draft}/approve", headers=as_("artist")).status_code == 202

@@ -28,7 +28,7 @@ def _template() -> dict:
 def test_every_handler_has_its_function_and_event_sources_in_the_template():
     resources = _template()["Resources"]
     functions = {r["Properties"]["ImageConfig"]["Command"][0]: name for name, r in resources.items()
-                 if r["Type"] == "AWS::Lambda::Function"}
+                 if r["Type"] == "AWS::Lambda::Function" and name != "ApiFunction"}
     assert set(functions) == {f"functions.{name}.lambda_handler" for name in FUNCTIONS}
     mappings = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
     for name, function in FUNCTIONS.items():
@@ -38,6 +38,19 @@ def test_every_handler_has_its_function_and_event_sources_in_the_template():
     for mapping in mappings:
         assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
         assert "OnFailure" in mapping["DestinationConfig"] and mapping["BatchSize"]
+
+
+def test_the_api_serves_from_its_own_image_behind_a_streaming_function_url():
+    resources = _template()["Resources"]
+    api = resources["ApiFunction"]["Properties"]
+    assert api["Code"]["ImageUri"] == "ApiImageUri"  # !Ref ApiImageUri
+    assert {"TIERFLOW_API_KEYS", "TIERFLOW_DATABASE_URL", "TIERFLOW_KAFKA_BOOTSTRAP", "TIERFLOW_MODEL"} <= set(
+        api["Environment"]["Variables"])
+    assert api["Environment"]["Variables"]["AWS_LWA_INVOKE_MODE"] == "response_stream"
+    assert resources["ApiFunctionUrl"]["Properties"]["InvokeMode"] == "RESPONSE_STREAM"
+    dockerfile = (ROOT / "infra" / "docker" / "api.Dockerfile").read_text()
+    assert "/opt/extensions/lambda-adapter" in dockerfile
+    assert 'CMD ["tierflow", "serve", "--api-only", "--host", "0.0.0.0", "--port", "8080"]' in dockerfile
 
 
 def test_the_media_bucket_is_private_encrypted_and_expires_drafts():
@@ -75,9 +88,9 @@ def test_worker_image_runs_the_worker_as_a_non_root_user():
     assert re.search(r"^USER 10001$", dockerfile, re.M) and 'ENTRYPOINT ["tierflow"]' in dockerfile
 
 
-def test_hadolint_passes_on_both_dockerfiles():
+def test_hadolint_passes_on_every_dockerfile():
     dockerfiles = sorted(str(p) for p in (ROOT / "infra" / "docker").glob("*.Dockerfile"))
-    assert len(dockerfiles) == 2
+    assert len(dockerfiles) == 3
     result = subprocess.run([str(Path(sys.executable).parent / "hadolint"), "--failure-threshold", "info",
                              *dockerfiles], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
