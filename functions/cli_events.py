@@ -247,6 +247,20 @@ def cmd_relay(deps, args) -> int:
 def cmd_consume(deps, args) -> int:
     functions = _functions(args.functions)
     stop = _stop_on_signals()
+    if deps.settings.dispatcher == "local" and any(f.name == "on_generation_requested" for f in functions):
+        from shared.dispatch import redispatch_orphans
+
+        recovered = redispatch_orphans(deps)
+        if recovered:
+            print(f"generation jobs {', '.join(map(str, recovered))} lost their worker; running them again", flush=True)
+    try:
+        return _consume(deps, args, functions, stop)
+    finally:
+        if stop.is_set():
+            deps.close()  # stopped by a signal: waiting and running jobs are picked up again by the next start
+
+
+def _consume(deps, args, functions, stop) -> int:
     settings = deps.settings
     names = ", ".join(f.name for f in functions)
     if settings.embedded_bus:

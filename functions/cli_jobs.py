@@ -98,6 +98,10 @@ def run_until(deps, done, on_tick=None, settle: bool = True) -> None:
     from functions.registry import FUNCTIONS
 
     functions = list(FUNCTIONS.values())
+    if deps.settings.embedded_bus and deps.settings.dispatcher == "local":
+        from shared.dispatch import redispatch_orphans
+
+        redispatch_orphans(deps)  # jobs an interrupted command left behind
     with deps.connect() as conn:
         while True:
             busy = bus.step(conn, deps, functions, functions) if deps.settings.embedded_bus else False

@@ -13,6 +13,7 @@ def cmd_serve(deps, args) -> int:
     from functions.http_api import create_app
     from functions.registry import FUNCTIONS
     from shared import bus
+    from shared.dispatch import redispatch_orphans
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
@@ -28,6 +29,11 @@ def cmd_serve(deps, args) -> int:
     # submitted in the browser is generated with nothing else running; on Kafka they run elsewhere.
     stop, runtime = threading.Event(), None
     if settings.embedded_bus and not args.api_only:
+        if settings.dispatcher == "local":
+            recovered = redispatch_orphans(deps)
+            if recovered:
+                print(f"generation jobs {', '.join(map(str, recovered))} lost their worker; running them again",
+                      flush=True)
         functions = list(FUNCTIONS.values())
         runtime = threading.Thread(target=bus.run_bus, name="embedded-bus", daemon=True,
                                    args=(deps, functions, functions), kwargs={"should_stop": stop.is_set})
@@ -45,6 +51,7 @@ def cmd_serve(deps, args) -> int:
         stop.set()
         if runtime:
             runtime.join(timeout=10)
+        deps.close()  # waiting and running jobs are picked up again by the next start
     return 0
 
 

@@ -99,6 +99,12 @@ class Deps:
     def bucket(self) -> str:
         return self.settings.s3_bucket
 
+    def close(self) -> None:
+        """Stop what this process started for jobs: the local dispatcher's queue and workers."""
+        dispatcher = self.__dict__.get("dispatcher")  # only when it was ever used
+        if dispatcher is not None and hasattr(dispatcher, "close"):
+            dispatcher.close()
+
     @cached_property
     def dispatcher(self):
         """Where generation jobs run (`TIERFLOW_DISPATCHER`: local processes or AWS Batch)."""

@@ -11,6 +11,7 @@ Either way the worker reports back with generation.progress / completed / failed
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -75,7 +76,12 @@ def worker_environment(deps) -> dict[str, str]:
 
 
 class LocalDispatcher:
-    """Runs each job as `python -m functions.worker --job FILE` on this machine."""
+    """Runs each job as `python -m functions.worker --job FILE` on this machine.
+
+    The queue lives in this process. Each job's external id names the process that took it
+    ("local:HOST:PID:START:job-N.json"), so that a later process can tell which jobs died with
+    their dispatcher (killed, or stopped with jobs waiting) and run them again: `redispatch_orphans`.
+    """
 
     name = "local"
 
@@ -83,7 +89,10 @@ class LocalDispatcher:
         self.deps = deps
         self.jobs_dir = deps.settings.home.resolve() / "jobs"
         self.pool = ThreadPoolExecutor(max_workers=deps.settings.local_workers, thread_name_prefix="worker")
+        self.owner = process_identity(os.getpid())
         self._running = 0
+        self._workers: set[subprocess.Popen] = set()
+        self._closing = False
         self._lock = threading.Lock()
 
     def submit(self, job: dict, delay_seconds: float = 0.0) -> str:
@@ -93,8 +102,13 @@ class LocalDispatcher:
         path.write_text(json.dumps(job, indent=2))
         with self._lock:
             self._running += 1
-        self.pool.submit(self._run, job, path, delay_seconds)
-        return f"local:{path.name}"
+        # Counted down when the job ends, or when close() drops it before it started.
+        self.pool.submit(self._run, job, path, delay_seconds).add_done_callback(self._ended)
+        return f"local:{self.owner}:{path.name}"
+
+    def _ended(self, _future) -> None:
+        with self._lock:
+            self._running -= 1
 
     @property
     def busy(self) -> bool:
@@ -102,27 +116,87 @@ class LocalDispatcher:
         with self._lock:
             return self._running > 0
 
+    def close(self) -> None:
+        """Stop without waiting: drop the waiting jobs and stop the running workers. Their jobs
+        stay unfinished in the database, for the next process to run again."""
+        self._closing = True
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            workers = list(self._workers)
+        for worker in workers:
+            worker.terminate()
+
     def _run(self, job: dict, path: Path, delay_seconds: float) -> None:
         try:
             time.sleep(delay_seconds)
+            if self._closing:
+                return
             env = {**{k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")},
                    **worker_environment(self.deps)}
-            result = subprocess.run([sys.executable, "-m", "functions.worker", "--job", str(path)],
-                                    env=env, capture_output=True, text=True)
-            if result.returncode not in (0, WORKER_REPORTED_FAILURE):
+            worker = subprocess.Popen([sys.executable, "-m", "functions.worker", "--job", str(path)],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            with self._lock:
+                self._workers.add(worker)
+            _, stderr = worker.communicate()
+            with self._lock:
+                self._workers.discard(worker)
+            if self._closing:
+                return  # stopped by close(), not failed: the job runs again in the next process
+            if worker.returncode not in (0, WORKER_REPORTED_FAILURE):
                 # Killed or crashed before it could say why: report it for the worker.
-                tail = " ".join((result.stderr or "").strip().splitlines()[-3:])[-500:]
-                self._report_failure(job, f"the worker process exited with status {result.returncode}: {tail}")
+                tail = " ".join((stderr or "").strip().splitlines()[-3:])[-500:]
+                self._report_failure(job, f"the worker process exited with status {worker.returncode}: {tail}")
         except Exception as exc:  # noqa: BLE001 - a job must never vanish without a result
             self._report_failure(job, f"the local dispatcher could not run the worker: {exc}")
-        finally:
-            with self._lock:
-                self._running -= 1
 
     def _report_failure(self, job: dict, reason: str) -> None:
         with self.deps.uow() as uow:
             uow.emit(GenerationFailed(job_id=job["job_id"], scene_id=job["scene_id"], segment_id=job["segment_id"],
                                       reason=reason, retryable=True))
+
+
+def process_identity(pid: int) -> str | None:
+    """"HOST:PID:START" of a running process (START tells a reused pid apart); None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in ("Z", "X"):
+        return None
+    return f"{socket.gethostname()}:{pid}:{fields[19]}"  # field 22 of stat: start time
+
+
+def _orphaned(external_job_id: str | None) -> bool:
+    """The job was taken by a local dispatcher of this machine whose process is gone."""
+    parts = (external_job_id or "").split(":")
+    if len(parts) != 5 or parts[0] != "local" or parts[1] != socket.gethostname() or not parts[2].isdigit():
+        return False  # another machine's (it may be alive), or not a local job
+    return process_identity(int(parts[2])) != ":".join(parts[1:4])
+
+
+def redispatch_orphans(deps) -> list[int]:
+    """Dispatch again, here, the unfinished jobs whose local dispatcher died; returns their ids.
+
+    A worker that outlived its dispatcher may still finish such a job: then the first result
+    counts (on_generation_result) and the second run costs only CPU or GPU time.
+    """
+    with deps.connect() as conn:
+        candidates = [r["id"] for r in conn.execute(
+            "SELECT id, external_job_id FROM generation_jobs "
+            "WHERE dispatcher = 'local' AND status IN ('queued', 'running') ORDER BY id").fetchall()
+            if _orphaned(r["external_job_id"])]
+    redispatched = []
+    for job_id in candidates:
+        with deps.uow() as uow:
+            row = uow.conn.execute(
+                "SELECT external_job_id FROM generation_jobs WHERE id = %s AND status IN ('queued', 'running') "
+                "FOR UPDATE", [job_id]).fetchone()
+            if row is None or not _orphaned(row["external_job_id"]):
+                continue  # finished, or taken by another process meanwhile
+            external_id = deps.dispatcher.submit(job_document(uow.conn, job_id))
+            uow.conn.execute("UPDATE generation_jobs SET external_job_id = %s WHERE id = %s", [external_id, job_id])
+            redispatched.append(job_id)
+    return redispatched
 
 
 class BatchDispatcher:
