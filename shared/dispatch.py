@@ -137,6 +137,8 @@ class LocalDispatcher:
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             with self._lock:
                 self._workers.add(worker)
+            if self._closing:  # close() ran while this one was starting
+                worker.terminate()
             _, stderr = worker.communicate()
             with self._lock:
                 self._workers.discard(worker)
