@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 from events import ALL_TOPICS, EVENT_TYPES, dlq_topic, envelope_for, topic_for
 from events.errors import validated
+from functions.cli_jobs import rerun_orphaned_jobs
 from functions.cli_parsing import add_command, add_group
 from shared import bus
 from shared.consumer import Function, Outcome
@@ -247,12 +248,8 @@ def cmd_relay(deps, args) -> int:
 def cmd_consume(deps, args) -> int:
     functions = _functions(args.functions)
     stop = _stop_on_signals()
-    if deps.settings.dispatcher == "local" and any(f.name == "on_generation_requested" for f in functions):
-        from shared.dispatch import redispatch_orphans
-
-        recovered = redispatch_orphans(deps)
-        if recovered:
-            print(f"generation jobs {', '.join(map(str, recovered))} lost their worker; running them again", flush=True)
+    if any(f.name == "on_generation_requested" for f in functions):
+        rerun_orphaned_jobs(deps)
     try:
         return _consume(deps, args, functions, stop)
     finally:

@@ -10,8 +10,6 @@ from functions.cli_parsing import add_command, add_group, print_table
 from shared import bus, scenes, upscale
 from shared.errors import InvalidInput
 
-TERMINAL = ("generated", "approved", "failed")
-
 
 # ---------------------------------------------------------------------------------------------
 # --prompt starts a segment; the per-segment options after it apply to that segment
@@ -88,6 +86,17 @@ def _bar(scene: dict) -> str:
     return f"scene {scene['scene_id']} [{'#' * filled}{'.' * (20 - filled)}] {scene['progress']:5.1f}% {scene['status']}"
 
 
+def rerun_orphaned_jobs(deps, announce: bool = True) -> None:
+    """Run again, here, the local generation jobs a process that is gone left unfinished."""
+    if deps.settings.dispatcher != "local":
+        return
+    from shared.dispatch import redispatch_orphans
+
+    recovered = redispatch_orphans(deps)
+    if recovered and announce:
+        print(f"generation jobs {', '.join(map(str, recovered))} lost their worker; running them again", flush=True)
+
+
 def run_until(deps, done, on_tick=None, settle: bool = True) -> None:
     """Run (embedded bus) or watch (Kafka) until `done(conn)` holds (and, with `settle`, nothing
     is in flight any more).
@@ -98,10 +107,8 @@ def run_until(deps, done, on_tick=None, settle: bool = True) -> None:
     from functions.registry import FUNCTIONS
 
     functions = list(FUNCTIONS.values())
-    if deps.settings.embedded_bus and deps.settings.dispatcher == "local":
-        from shared.dispatch import redispatch_orphans
-
-        redispatch_orphans(deps)  # jobs an interrupted command left behind
+    if deps.settings.embedded_bus:
+        rerun_orphaned_jobs(deps, announce=False)  # e.g. an interrupted command's; stdout may be --json
     with deps.connect() as conn:
         while True:
             busy = bus.step(conn, deps, functions, functions) if deps.settings.embedded_bus else False
@@ -125,7 +132,7 @@ def wait_for_scene(deps, scene_id: int, draw: bool = True) -> dict:
             print(line, end="\r" if sys.stderr.isatty() else "\n", file=sys.stderr, flush=True)
             state["line"] = line
 
-    run_until(deps, lambda conn: state["scene"]["status"] in TERMINAL, tick)
+    run_until(deps, lambda conn: state["scene"]["status"] in scenes.SETTLED, tick)
     if draw and sys.stderr.isatty():
         print(file=sys.stderr)
     return state["scene"]

@@ -3,6 +3,7 @@
 import json
 import threading
 
+from functions.cli_jobs import rerun_orphaned_jobs
 from functions.cli_parsing import add_command, add_group
 from shared import access
 
@@ -13,7 +14,6 @@ def cmd_serve(deps, args) -> int:
     from functions.http_api import create_app
     from functions.registry import FUNCTIONS
     from shared import bus
-    from shared.dispatch import redispatch_orphans
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
@@ -29,11 +29,7 @@ def cmd_serve(deps, args) -> int:
     # submitted in the browser is generated with nothing else running; on Kafka they run elsewhere.
     stop, runtime = threading.Event(), None
     if settings.embedded_bus and not args.api_only:
-        if settings.dispatcher == "local":
-            recovered = redispatch_orphans(deps)
-            if recovered:
-                print(f"generation jobs {', '.join(map(str, recovered))} lost their worker; running them again",
-                      flush=True)
+        rerun_orphaned_jobs(deps)
         functions = list(FUNCTIONS.values())
         runtime = threading.Thread(target=bus.run_bus, name="embedded-bus", daemon=True,
                                    args=(deps, functions, functions), kwargs={"should_stop": stop.is_set})

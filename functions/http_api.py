@@ -34,7 +34,6 @@ SESSION_COOKIE = "tierflow_api_key"
 # A live progress stream ends with its scene, or after this long (the browser reconnects).
 STREAM_SECONDS = 600
 STREAM_POLL_SECONDS = 0.5
-STREAM_ENDS_AT = {"generated", "approved", "failed"}
 
 RANGE = re.compile(r"bytes=(\d+-\d*|-\d+)")  # one range; a multi-range request gets the whole file
 Id = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="a database id")]
@@ -296,7 +295,7 @@ def create_app(deps) -> FastAPI:
                     if state != last:
                         last = state
                         yield f"event: scene\ndata: {json.dumps(scene)}\n\n"
-                    if scene["status"] in STREAM_ENDS_AT:
+                    if scene["status"] in scenes.SETTLED:
                         return
                     time.sleep(STREAM_POLL_SECONDS)
 

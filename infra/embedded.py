@@ -31,6 +31,7 @@ from pathlib import Path
 
 import psycopg
 
+from infra.process import start_time
 from infra.net import free_ports, port_open
 
 with warnings.catch_warnings():
@@ -131,18 +132,9 @@ def _stop_postgres(home: Path) -> bool:
     # pg_ctl returns once the pid file is gone, a moment before the process has exited; wait for
     # that too, so a caller may remove the data directory at once.
     deadline = time.monotonic() + 10
-    while not _exited(postmaster.pid) and time.monotonic() < deadline:
+    while start_time(postmaster.pid) is not None and time.monotonic() < deadline:
         time.sleep(0.05)
     return True
-
-
-def _exited(pid: int) -> bool:
-    """The process is gone (or a zombie). Where /proc is missing this says yes at once."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in ("Z", "X")
 
 
 # ---------------------------------------------------------------------------------------------

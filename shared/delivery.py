@@ -14,6 +14,7 @@ from psycopg.types.json import Jsonb
 from events import DeliveryCompleted, DeliveryRejected, DeliveryRequested, RejectionReason
 from shared import tiers
 from shared.errors import InvalidInput, NotFound
+from shared.scenes import FULLY_GENERATED
 
 MAX_SCENES = 1000
 PRESIGNED_URL_SECONDS = 7 * 24 * 3600  # a week: long enough to hand over, short enough to expire
@@ -23,7 +24,8 @@ def _reason(code: str, scene_id: int, tier: str | None, message: str) -> Rejecti
     return RejectionReason(code=code, scene_id=scene_id, tier=tier, message=message)
 
 
-def _deliverable_tiers(conn: psycopg.Connection) -> str:
+def _deliverable_tier(conn: psycopg.Connection) -> str:
+    # The highest deliverable tier, for the advice in a refusal.
     names = [r["name"] for r in conn.execute(
         "SELECT name FROM resolution_tiers WHERE is_deliverable ORDER BY sort_order DESC")]
     return names[0] if names else "a deliverable tier"
@@ -35,7 +37,7 @@ def delivery_problems(conn: psycopg.Connection, s3, bucket: str, project: str, s
     scene's width, height and frame count."""
     from shared.generation import probe_video
 
-    target = _deliverable_tiers(conn)
+    target = _deliverable_tier(conn)
     reasons = []
     for scene_id in scene_ids:
         scene = conn.execute(
@@ -56,10 +58,10 @@ def delivery_problems(conn: psycopg.Connection, s3, bucket: str, project: str, s
         if not scene["is_deliverable"]:
             reasons.append(_reason(
                 "TIER_NOT_DELIVERABLE", scene_id, tier,
-                f"Scene {scene_id} is {label} ({size}); upscale it to {target.capitalize()} before delivery: "
+                f"Scene {scene_id} is {label} ({size}); upscale it to {tiers.tier_label(target)} before delivery: "
                 f"tierflow scenes upscale {scene_id} --to {target}"))
             continue
-        if scene["status"] not in ("generated", "approved"):
+        if scene["status"] not in FULLY_GENERATED:
             reasons.append(_reason(
                 "SCENE_NOT_GENERATED", scene_id, tier,
                 f"Scene {scene_id} is {scene['status']}; wait until it is generated (tierflow scenes show "

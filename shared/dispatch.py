@@ -22,6 +22,7 @@ from pathlib import Path
 import psycopg
 
 from events import GenerationFailed
+from infra.process import start_time
 from shared.scenes import job_prefix
 
 # The worker exits with this status after it reported its own failure as an event.
@@ -159,13 +160,8 @@ class LocalDispatcher:
 
 def process_identity(pid: int) -> str | None:
     """"HOST:PID:START" of a running process (START tells a reused pid apart); None when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] in ("Z", "X"):
-        return None
-    return f"{socket.gethostname()}:{pid}:{fields[19]}"  # field 22 of stat: start time
+    started = start_time(pid)
+    return None if started is None else f"{socket.gethostname()}:{pid}:{started}"
 
 
 def _orphaned(external_job_id: str | None) -> bool:

@@ -23,6 +23,10 @@ from shared.dimensions import AspectRatio, parse_aspect
 from shared.errors import InvalidInput, NotFound
 
 MAX_SEGMENTS = 100
+# Scene states: a fully generated scene may be approved, upscaled and delivered; a settled one
+# changes no more by itself (a failed one waits for `scenes retry`).
+FULLY_GENERATED = ("generated", "approved")
+SETTLED = (*FULLY_GENERATED, "failed")
 SEGMENT_DEFAULTS = {"frames": 16, "fps": 8, "steps": 25, "guidance": 7.5}
 MAX_SEED = 2**63 - 1
 

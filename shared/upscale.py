@@ -13,9 +13,7 @@ from events import Recipe, SceneApproved, UpscaleRequested
 from shared import tiers
 from shared.dimensions import AspectRatio
 from shared.errors import Conflict, NotFound
-from shared.scenes import create_scene
-
-UPSCALABLE = ("generated", "approved")
+from shared.scenes import FULLY_GENERATED, create_scene
 
 
 def _source(conn: psycopg.Connection, scene_id: int) -> dict:
@@ -50,7 +48,7 @@ def upscale_scene(conn: psycopg.Connection, emit, scene_id: int, target_tier: st
     ).fetchone()
     if existing:
         return existing["id"], False
-    if source["status"] not in UPSCALABLE:
+    if source["status"] not in FULLY_GENERATED:
         raise Conflict(f"scene {scene_id} is {source['status']}; only a fully generated scene can be upscaled")
     if target.is_deliverable and source["status"] != "approved":
         raise Conflict(
@@ -89,7 +87,7 @@ def approve(deps, scene_id: int, approved_by: str | None = None) -> str:
     with the reason, for an unknown scene or one that is not fully generated."""
     with deps.uow() as uow:
         scene = _source(uow.conn, scene_id)
-        if scene["status"] not in UPSCALABLE:
+        if scene["status"] not in FULLY_GENERATED:
             raise Conflict(f"scene {scene_id} is {scene['status']}; only a fully generated scene can be approved")
         return uow.emit(SceneApproved(scene_id=scene_id, approved_by=approved_by))
 
