@@ -323,7 +323,8 @@ logger.request.level = WARN
 """
 
 
-def _java() -> str:
+def java_executable() -> str:
+    """The `java` of JAVA_HOME, else the one on PATH."""
     java_home = os.environ.get("JAVA_HOME")
     candidate = Path(java_home) / "bin" / "java" if java_home else None
     if candidate is not None and candidate.is_file():
@@ -418,7 +419,7 @@ def start_broker(data_dir: Path, *, version: str = DEFAULT_VERSION, partitions: 
     data_dir = Path(data_dir).resolve()
     (data_dir / "logs").mkdir(parents=True, exist_ok=True)
     classpath = fetch_kafka(version)
-    java = _java()
+    java = java_executable()
     (data_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES)
     attempts = 3
     for attempt in range(1, attempts + 1):

@@ -103,11 +103,14 @@ class KafkaFunctionRunner:
     """Runs one function as a member of its consumer group."""
 
     def __init__(self, deps, function: Function, bootstrap: str, producer: KafkaProducer,
-                 retry: RetryPolicy = RetryPolicy(), batch_size: int = 500):
+                 retry: RetryPolicy = RetryPolicy(), batch_size: int = 500, commit_interval: float = 1.0):
         self.deps = deps
         self.function = function
         self.producer = producer
         self.retry = retry
+        self.commit_interval = commit_interval
+        self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}  # applied, offsets not yet committed
+        self._committed_at = float("-inf")  # time.monotonic() of the last offset commit
         self.consumer = KafkaConsumer(
             *function.consumes,
             bootstrap_servers=bootstrap,
@@ -125,6 +128,7 @@ class KafkaFunctionRunner:
             while not should_stop():
                 batch = self.consumer.poll(timeout_ms=200)
                 if not batch:
+                    self._commit_offsets()  # idle: what was applied is committed now
                     continue
                 try:
                     outcome = self._apply(conn, batch)
@@ -156,12 +160,22 @@ class KafkaFunctionRunner:
         # 2. dead letters, acknowledged by the broker before the offsets move past them
         if outcome.dead:
             send_dead_letters(self.producer, self.function.name, outcome.dead)
-        # 3. offsets, without waiting for the broker (a blocking commit costs ~9 ms a batch): a
-        # crash before it lands redelivers the batch, which processed_events turns into no-ops
-        self.consumer.commit_async({
+        # 3. offsets: at most once per commit_interval while busy (a commit per batch would be a
+        # broker request per batch, hundreds a second under moderate load), without waiting for
+        # the broker (a blocking commit costs ~9 ms). Events applied but not yet committed are
+        # redelivered after a crash or a rebalance, and processed_events turns them into no-ops.
+        self._uncommitted.update({
             partition: OffsetAndMetadata(records[-1].offset + 1, "", -1) for partition, records in batch.items()
         })
+        if time.monotonic() - self._committed_at >= self.commit_interval:
+            self._commit_offsets()
         return outcome
+
+    def _commit_offsets(self) -> None:
+        if self._uncommitted:
+            self.consumer.commit_async(self._uncommitted)
+            self._uncommitted = {}
+            self._committed_at = time.monotonic()
 
 
 def decode_dead_letter(record) -> dict:

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from events import SceneApproved, load_schema
 from functions.registry import FUNCTIONS
@@ -133,6 +133,35 @@ def test_a_consumer_killed_between_db_commit_and_offset_commit_loses_and_doubles
     _run_until_outcomes(restarted, seen, lambda: bool(seen))
     assert [len(o.duplicates) for o in seen] == [1]  # redelivered, recognised, not applied again
     assert conn.execute("SELECT count(*) AS n FROM outbox WHERE topic = 'upscale.requested'").fetchone()["n"] == 1
+
+
+def test_offsets_are_committed_once_per_interval_while_busy_and_at_once_when_idle(kafka_deps, conn):
+    bootstrap = kafka_deps.settings.kafka_bootstrap
+    ensure_topics(bootstrap, 4)
+    scenes = [make_scene(conn) for _ in range(12)]
+    producer = _plain_producer(bootstrap)
+    for scene in scenes:
+        producer.send("scene.approved", key=str(scene).encode(), value=_approval_bytes(scene))
+    producer.flush()
+
+    runner = KafkaFunctionRunner(kafka_deps, APPROVALS, bootstrap, make_producer(bootstrap), batch_size=2,
+                                 commit_interval=3600)
+    commits, commit_async = [], runner.consumer.commit_async
+
+    def recorded_commit(offsets):
+        commits.append({tp.partition: meta.offset for tp, meta in offsets.items()})
+        return commit_async(offsets)
+
+    runner.consumer.commit_async = recorded_commit
+    seen = []
+    _run_until_outcomes(runner, seen, lambda: sum(len(o.applied) for o in seen) == 12 and len(commits) == 2)
+    assert len(seen) >= 6  # batches of at most 2 records
+    # The first batch's offsets at once, then nothing while busy; once idle, everything applied since.
+    reader = KafkaConsumer(bootstrap_servers=bootstrap)
+    end = reader.end_offsets([TopicPartition("scene.approved", p) for p in range(4)])
+    reader.close()
+    assert {**commits[0], **commits[1]} == {tp.partition: offset for tp, offset in end.items() if offset}
+    assert len(commits[0]) <= 2
 
 
 def test_a_relay_killed_after_publishing_before_marking_sent_is_deduplicated(kafka_deps, conn):
