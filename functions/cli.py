@@ -85,7 +85,7 @@ def _show_tiers(tier_list: list[tiers.Tier], aspect, as_json: bool) -> None:
         return
     headers = ["NAME", "LABEL", "BOX", "SPEED", "ORDER", "DEFAULT", "DELIVERABLE", "BUILT-IN"]
     if aspect:
-        headers.append(f"SIZE AT {aspect}")
+        headers.append(f"SIZE AT {aspect.label}")
     print_table(headers, _tier_rows(tier_list, aspect))
 
 

@@ -18,6 +18,7 @@ SIZE_STEP = 8
 # Aspect terms are stored as SMALLINT; 239:100 and 1001:1000-style ratios fit comfortably.
 MAX_ASPECT_TERM = 10_000
 ASPECT_TERM = re.compile(r"\d{1,9}(\.\d{1,9})?")
+SMALL_ASPECT_TERM = 32  # up to here "W:H" reads well (16:9, 21:9 as 7:3); above it a decimal does
 
 
 @dataclass(frozen=True, order=True)
@@ -35,6 +36,16 @@ class AspectRatio:
 
     def __str__(self) -> str:
         return f"{self.width}:{self.height}"
+
+    @property
+    def label(self) -> str:
+        """The ratio as people write it, and as parse_aspect reads it back: small terms as they are
+        ("16:9", "4:3"), wide terms as an exact decimal of the short side ("2.39:1", not 239:100)."""
+        long, short = max(self.width, self.height), min(self.width, self.height)
+        if long <= SMALL_ASPECT_TERM or long * 1000 % short:
+            return str(self)
+        decimal = f"{Decimal(long * 1000 // short) / 1000}"
+        return f"{decimal}:1" if self.width > self.height else f"1:{decimal}"
 
 
 def parse_aspect(text: str) -> AspectRatio:
@@ -70,7 +81,7 @@ def generation_size(aspect: AspectRatio, box_width: int, box_height: int) -> tup
     height = int(aspect.height * scale) // SIZE_STEP * SIZE_STEP
     if width == 0 or height == 0:
         raise InvalidInput(
-            f"aspect ratio {aspect} is too extreme for a {box_width}x{box_height} tier: "
+            f"aspect ratio {aspect.label} is too extreme for a {box_width}x{box_height} tier: "
             f"its short side would be under {SIZE_STEP} pixels"
         )
     return width, height

@@ -220,7 +220,7 @@ def _scene_json(conn: psycopg.Connection, row: dict) -> dict:
         "scene_id": row["id"], "name": row["name"], "project": row["project"], "status": row["status"],
         "tier": row["tier"], "tier_label": tiers.tier_label(row["tier"]), "tier_deliverable": row["tier_deliverable"],
         "width": row["width"], "height": row["height"],
-        "aspect": f"{row['aspect_width']}:{row['aspect_height']}", "progress": round(progress, 1),
+        "aspect": AspectRatio(row["aspect_width"], row["aspect_height"]).label, "progress": round(progress, 1),
         "recipe_hash": row["recipe_hash"], "upscaled_from_scene_id": row["upscaled_from_scene_id"],
         "upscale_targets": [
             {"scene_id": r["id"], "tier": r["tier"], "tier_label": tiers.tier_label(r["tier"])}

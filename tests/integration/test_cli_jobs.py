@@ -19,7 +19,7 @@ def test_each_prompt_starts_a_segment_with_its_own_options(cli):
     assert result.returncode == 0, result.stderr
     scene = json.loads(result.stdout)
     assert (scene["tier"], scene["width"], scene["height"], scene["aspect"], scene["status"]) == (
-        "preview", 768, 320, "239:100", "pending")
+        "preview", 768, 320, "2.39:1", "pending")
     first, second = (s["recipe"] for s in scene["segments"])
     assert (first["prompt"], first["seed"], first["frames"], first["steps"]) == ("a fox", 7, 3, 25)
     assert (second["prompt"], second["steps"], second["guidance"], second["negative_prompt"], second["frames"]) == (

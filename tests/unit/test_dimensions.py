@@ -7,7 +7,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from shared.dimensions import SIZE_STEP, AspectRatio, generation_size, parse_aspect
+from shared.dimensions import MAX_ASPECT_TERM, SIZE_STEP, AspectRatio, generation_size, parse_aspect
 from shared.errors import InvalidInput
 
 # The built-in tier boxes (see infra/migrations/0001_create_resolution_tiers.sql).
@@ -76,6 +76,15 @@ def test_parse_aspect_accepts_and_reduces(text, expected):
 def test_parse_aspect_str_round_trips():
     assert str(parse_aspect("2.39:1")) == "239:100"
     assert parse_aspect(str(parse_aspect("1920x1080"))) == AspectRatio(16, 9)
+
+
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [("16:9", "16:9"), ("9:16", "9:16"), ("21:9", "7:3"), ("2.39:1", "2.39:1"), ("1:2.39", "1:2.39"),
+     ("1.85:1", "1.85:1"), ("64:27", "64:27"), ("1000:999", "1000:999"), ("40:1", "40:1"), ("1920x800", "12:5")],
+)
+def test_an_aspect_label_is_written_as_people_write_it(text, label):
+    assert parse_aspect(text).label == label
 
 
 @pytest.mark.parametrize(
@@ -210,3 +219,10 @@ def test_same_aspect_keeps_its_ratio_across_boxes(aspect, w1, h1, w2, h2):
 def test_parse_aspect_refuses_exponents_and_other_notations(text):
     with pytest.raises(InvalidInput, match="is not of the form W:H"):
         parse_aspect(text)
+
+
+@property_settings
+@given(st.integers(1, MAX_ASPECT_TERM), st.integers(1, MAX_ASPECT_TERM))
+def test_an_aspect_label_reads_back_as_the_same_ratio(a, b):
+    aspect = AspectRatio(a // gcd(a, b), b // gcd(a, b))
+    assert parse_aspect(aspect.label) == aspect
