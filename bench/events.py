@@ -393,7 +393,7 @@ def analyze(deps) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The child process: external producer + observer (Kafka), or outbox publisher (embedded bus)
+# The load generators: external producer + observer (Kafka, a JVM), or outbox publisher (embedded bus)
 
 
 class JavaLoadGen:
@@ -791,7 +791,7 @@ def _kafka_phases(phases: Phases) -> str:
     commits, commit_s, _ = phases.get("runner: offset commit")
     per = lambda s, n: f"{1000 * s / n:.1f} ms" if n else "-"  # noqa: E731
     return (
-        f"runner(s): {batches} batches, avg {applied / batches if batches else 0:.0f} msgs; "
+        f"runner: {batches} batches, avg {applied / batches if batches else 0:.0f} msgs; "
         f"poll {poll_s:.2f}s ({polls} calls), apply_batch {apply_s:.2f}s ({per(apply_s, batches)}/batch, "
         f"{per(apply_s, applied)}/event), offset commits {commits} ({commit_s:.2f}s)"
     )
