@@ -167,7 +167,7 @@ class Stages:
 
     def __init__(self):
         self.at: dict[str, dict[int, float]] = {name: {} for name in self.NAMES}
-        self._local = threading.local()
+        self._last_polled: list[int] = []  # keys of the runner's batch in hand (one runner thread)
 
     def instrument_runner(self, runner, phases: Phases) -> None:
         poll = runner.consumer.poll
@@ -181,7 +181,7 @@ class Stages:
             polled = self.at["polled"]
             for key in keys:
                 polled[key] = now
-            self._local.keys = keys
+            self._last_polled = keys
             return batch
 
         def timed(commit):
@@ -201,7 +201,7 @@ class Stages:
         """Called from the runner's on_outcome, which runs right after its batch's DB commit."""
         now = clock()
         committed = self.at["db_committed"]
-        for key in getattr(self._local, "keys", ()):
+        for key in self._last_polled:
             committed[key] = now
 
     def report(self, ids: list[int], sent: dict[int, float], arrived: dict[int, float]) -> str:
