@@ -321,7 +321,7 @@ class Environment:
         import psycopg
         from psycopg.conninfo import make_conninfo
 
-        from shared import db
+        from shared.adapters import db
 
         self._count += 1
         name = f"bench_{self._count}"
@@ -470,7 +470,7 @@ def _bus_harness(url: str, home: str, warm_ids: list[int], ids: list[int], rate:
     """Publish scene.approved into the outbox for `ids` (after a warm-up) and time each commit."""
     try:
         from events import SceneApproved
-        from shared.uow import UnitOfWork
+        from shared.runtime.uow import UnitOfWork
 
         deps = make_deps(url, Path(home))
         # One long-lived connection: `deps.uow()` opens a new connection per unit of work
@@ -661,10 +661,10 @@ def latency_stats(result: Result, pairs: list[tuple[float, float]]) -> None:
 
 
 def run_kafka(env: Environment, config: Config, args) -> Result:
-    from functions.registry import FUNCTIONS
+    from functions.handlers.registry import FUNCTIONS
     from infra.kafka import start_broker
-    from shared import kafka_bus
-    from shared.kafka_bus import KafkaFunctionRunner, ensure_topics, make_producer
+    from shared.runtime import kafka_bus
+    from shared.runtime.kafka_bus import KafkaFunctionRunner, ensure_topics, make_producer
 
     result = Result(config, args.events)
     function = FUNCTIONS[FUNCTION_NAME]
@@ -798,8 +798,8 @@ def _kafka_phases(phases: Phases) -> str:
 
 
 def run_bus(env: Environment, config: Config, args) -> Result:
-    from functions.registry import FUNCTIONS
-    from shared import bus
+    from functions.handlers.registry import FUNCTIONS
+    from shared.runtime import bus
 
     result = Result(config, args.events)
     # Only on_scene_approved, as subscriber and as function: the path measured on Kafka too.

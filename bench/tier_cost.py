@@ -21,8 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared import generation
-from shared.dimensions import generation_size, parse_aspect
+from shared.media import tiny
+from shared.media import pipeline as media_pipeline
+from shared.domain.dimensions import generation_size, parse_aspect
 
 # The built-in tiers as seeded by the migrations: name, bounding box, configured speed factor.
 BUILTIN_TIERS = [
@@ -43,7 +44,7 @@ def saving(k: int, draft: float, production: float) -> float:
 
 def time_render(pipeline, device: str, width: int, height: int) -> float:
     started = time.perf_counter()
-    generation.render(pipeline, **RECIPE, width=width, height=height, device=device)
+    media_pipeline.render(pipeline, **RECIPE, width=width, height=height, device=device)
     return time.perf_counter() - started
 
 
@@ -60,9 +61,9 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="tierflow-bench-") as scratch:
         # 1. the model
-        model = args.model or str(generation.build_tiny_model(Path(scratch) / "tiny"))
-        device = generation.pick_device()
-        pipeline = generation.load_pipeline(model, device, threads=args.threads)
+        model = args.model or str(tiny.build_tiny_model(Path(scratch) / "tiny"))
+        device = media_pipeline.pick_device()
+        pipeline = media_pipeline.load_pipeline(model, device, threads=args.threads)
         print(f"model: {args.model or 'tiny (built offline)'}")
         print(f"device: {device}   torch {torch.__version__}   threads: {torch.get_num_threads()}   "
               f"load average: {os.getloadavg()[0]:.2f} (other processes make CPU timings noisy)")

@@ -1,1 +1,2 @@
-"""Tierflow's entrypoints: event handlers (one module each), the CLI and the worker."""
+"""Tierflow's entrypoints: the event handlers (`handlers`), the CLI (`cli`), the HTTP API and web UI
+(`http`), the GPU worker (`worker`) and the AWS Lambda handlers (`lambda_entry`)."""

@@ -1,4 +1,5 @@
-"""AWS Lambda entrypoint for functions fed by an Amazon MSK or self-managed Kafka event source.
+"""AWS Lambda entrypoints, one per deployed function, for an Amazon MSK or self-managed Kafka
+event source: `functions.lambda_entry.<function name>` (e.g. `functions.lambda_entry.on_scene_approved`).
 
 The event source delivers records grouped by topic-partition, keys and values base64-encoded.
 The whole batch is applied in one transaction, exactly as the Kafka consumer does, and the
@@ -12,9 +13,10 @@ import binascii
 from collections.abc import Callable
 
 from events import InvalidEvent
+from functions.handlers.registry import FUNCTIONS
 from shared.bootstrap import Deps
 from shared.config import load_settings
-from shared.consumer import Function, Message, apply_batch
+from shared.runtime.consumer import Function, Message, apply_batch
 
 KAFKA_EVENT_SOURCES = ("aws:kafka", "SelfManagedKafka", "aws:SelfManagedKafka")
 
@@ -49,8 +51,13 @@ def lambda_entrypoint(function: Function) -> Callable[[dict, object], dict]:
             deps_holder.append(Deps(load_settings(), source=f"urn:tierflow:{function.name}"))
         deps = deps_holder[0]
         with deps.connect() as conn, conn.transaction():
-            outcome = apply_batch(conn, deps, function, messages)
+            outcome = apply_batch(conn, deps.ports, function, messages)
         return {"batchItemFailures": [{"itemIdentifier": message.ref} for message, _ in outcome.dead]}
 
     lambda_handler.__doc__ = f"Lambda entrypoint of {function.name}."
     return lambda_handler
+
+
+# One module attribute per deployed function: the handler string the AWS template names.
+HANDLERS = {name: lambda_entrypoint(function) for name, function in FUNCTIONS.items()}
+globals().update(HANDLERS)

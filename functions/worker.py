@@ -24,7 +24,7 @@ from events import GenerationCompleted, GenerationFailed, GenerationProgress, Re
 from events.errors import InvalidEvent, validated
 from shared.bootstrap import Deps
 from shared.config import load_settings
-from shared.dispatch import WORKER_REPORTED_FAILURE
+from shared.adapters.dispatch import WORKER_REPORTED_FAILURE
 from shared.errors import InvalidInput, TierflowError
 
 
@@ -39,7 +39,7 @@ class SourceSegment(BaseModel):
 
 
 class JobDocument(BaseModel):
-    """What a dispatcher hands a worker (see shared.dispatch.job_document)."""
+    """What a dispatcher hands a worker (see shared.adapters.dispatch.job_document)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -69,26 +69,27 @@ def _failure_reason(exc: BaseException, device: str) -> str:
 
 def run_job(deps: Deps, job: JobDocument) -> GenerationCompleted:
     """Render, encode, upload and report one job; raises after reporting a failure."""
-    from shared import generation
+    from shared.media.pipeline import load_pipeline, pick_device, render
+    from shared.media.video import encode_mp4, poster_png
 
     def report(event) -> None:
         with deps.uow() as uow:
             uow.emit(event)
 
     ids = {"job_id": job.job_id, "scene_id": job.scene_id, "segment_id": job.segment_id}
-    device = generation.pick_device()
+    device = pick_device()
     try:
         recipe = job.recipe
-        pipeline = generation.load_pipeline(recipe.model, device)
+        pipeline = load_pipeline(recipe.model, device)
         started = time.monotonic()
-        frames = generation.render(
+        frames = render(
             pipeline, prompt=recipe.prompt, negative_prompt=recipe.negative_prompt, seed=recipe.seed,
             frames=recipe.frames, steps=recipe.steps, guidance=recipe.guidance, width=job.width,
             height=job.height, device=device,
             on_step=lambda step, total: report(GenerationProgress(**ids, step=step, total_steps=total)),
         )
         device_seconds = time.monotonic() - started
-        video = generation.encode_mp4(frames, recipe.fps, job.quality_settings)
+        video = encode_mp4(frames, recipe.fps, job.quality_settings)
         sha256 = hashlib.sha256(video).hexdigest()
         keys = {name: job.output_prefix + name for name in ("video.mp4", "poster.png", "metadata.json")}
         metadata = {
@@ -103,7 +104,7 @@ def run_job(deps: Deps, job: JobDocument) -> GenerationCompleted:
             similarity = _compare(s3, deps.bucket, job, frames)
             metadata.update({k: v for k, v in similarity.items() if k != "comparison_key"})
         s3.put_object(Bucket=deps.bucket, Key=keys["video.mp4"], Body=video, ContentType="video/mp4")
-        s3.put_object(Bucket=deps.bucket, Key=keys["poster.png"], Body=generation.poster_png(frames),
+        s3.put_object(Bucket=deps.bucket, Key=keys["poster.png"], Body=poster_png(frames),
                       ContentType="image/png")
         s3.put_object(Bucket=deps.bucket, Key=keys["metadata.json"], Body=json.dumps(metadata, indent=2).encode(),
                       ContentType="application/json")
@@ -121,10 +122,11 @@ def run_job(deps: Deps, job: JobDocument) -> GenerationCompleted:
 
 def _compare(s3, bucket: str, job: JobDocument, frames) -> dict:
     """SSIM and PSNR against the source segment, and the side-by-side image, written to S3."""
-    from shared import generation, similarity
+    from shared.domain import similarity
+    from shared.media.video import decode_video
 
     source_video = s3.get_object(Bucket=bucket, Key=job.compare_with.video_key)["Body"].read()
-    source = generation.decode_video(source_video)
+    source = decode_video(source_video)
     ssim, psnr = similarity.compare(source, frames)
     key = job.output_prefix + "comparison.png"
     s3.put_object(Bucket=bucket, Key=key, Body=similarity.side_by_side_png(source, frames), ContentType="image/png")

@@ -6,20 +6,16 @@ starts the S3 server (and never imports boto3: the CLI starts in half the time).
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from functools import cached_property
 
 import psycopg
 
 from infra import embedded
-from shared import db
+from shared.adapters import db
 from shared.config import Settings
 from shared.errors import ServiceUnavailable
-from shared.uow import UnitOfWork
-
-# The unit of work a consumer runtime opened for the event being handled: a handler's own
-# `deps.uow()` joins it, so its effects commit together with the record that it ran.
-_current_uow: ContextVar[UnitOfWork | None] = ContextVar("tierflow_current_uow", default=None)
+from shared.runtime.ports import Ports, Storage
+from shared.runtime.uow import UnitOfWork
 
 
 class Deps:
@@ -59,30 +55,26 @@ class Deps:
 
     @contextmanager
     def uow(self) -> Iterator[UnitOfWork]:
-        """A transaction for a state change and its events; commits when the block ends.
-
-        Inside a consumer runtime's transaction (see `joined_uow`) it joins that one instead.
-        """
-        current = _current_uow.get()
-        if current is not None:
-            yield current
-            return
+        """A new transaction for a state change and its events; commits when the block ends.
+        (Handlers never open one: the runtime passes them the one it applies the event in.)"""
         with self.connect() as conn, conn.transaction():
             yield UnitOfWork(conn, self.source)
 
-    @contextmanager
-    def joined_uow(self, uow: UnitOfWork) -> Iterator[None]:
-        """Make `deps.uow()` in this block (this thread) use `uow`."""
-        token = _current_uow.set(uow)
-        try:
-            yield
-        finally:
-            _current_uow.reset(token)
+    @cached_property
+    def ports(self) -> Ports:
+        """What this process's handlers are given besides their unit of work."""
+        return Ports(self.settings, storage=lambda: Storage(self.s3, self.bucket), dispatcher=lambda: self.dispatcher)
+
+    def resolve_model(self, model: str | None) -> str:
+        """The model a new scene is generated with (see shared.media.models.resolve_model)."""
+        from shared.media.models import resolve_model
+
+        return resolve_model(self.settings, model)
 
     @cached_property
     def s3(self):
         """A boto3 S3 client whose bucket exists."""
-        from shared import storage
+        from shared.adapters import storage
 
         if self.settings.embedded_s3:
             try:
@@ -108,6 +100,6 @@ class Deps:
     @cached_property
     def dispatcher(self):
         """Where generation jobs run (`TIERFLOW_DISPATCHER`: local processes or AWS Batch)."""
-        from shared.dispatch import BatchDispatcher, LocalDispatcher
+        from shared.adapters.dispatch import BatchDispatcher, LocalDispatcher
 
         return BatchDispatcher(self) if self.settings.dispatcher == "batch" else LocalDispatcher(self)

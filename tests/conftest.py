@@ -13,7 +13,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from infra import embedded
-from shared import db
+from shared.adapters import db
 
 TIERFLOW = str(Path(sys.executable).parent / "tierflow")
 TEMPLATE = "tierflow_template"
@@ -102,7 +102,7 @@ def run_cli(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """The tiny random-weight text-to-video pipeline, built once per test session."""
-    from shared.generation import build_tiny_model
+    from shared.media.tiny import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny"))
 
@@ -224,3 +224,19 @@ def moto_server(monkeypatch, tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def run_until(deps, done, **options) -> None:
+    """`drive.run_until` with every deployed function (what the CLI's `--wait` runs)."""
+    from functions.handlers.registry import FUNCTIONS
+    from shared.runtime import drive
+
+    drive.run_until(deps, list(FUNCTIONS.values()), done, **options)
+
+
+def wait_for_scene(deps, scene_id: int) -> dict:
+    """Run every deployed function until the scene is generated or failed; returns its JSON form."""
+    from functions.handlers.registry import FUNCTIONS
+    from shared.runtime import drive
+
+    return drive.follow_scene(deps, list(FUNCTIONS.values()), scene_id)

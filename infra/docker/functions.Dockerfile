@@ -1,5 +1,5 @@
 # The event handlers as AWS Lambda container functions; the template sets each one's handler
-# (e.g. functions.on_scene_approved.lambda_handler) as the image command.
+# (e.g. functions.lambda_entry.on_scene_approved) as the image command.
 # Build from the repository root: docker build -f infra/docker/functions.Dockerfile -t tierflow-functions .
 FROM public.ecr.aws/lambda/python:3.11
 
@@ -14,4 +14,4 @@ COPY infra ${LAMBDA_TASK_ROOT}/infra
 RUN pip install "${LAMBDA_TASK_ROOT}" --target "${LAMBDA_TASK_ROOT}"
 
 # Lambda runs the image as a non-root user of its own.
-CMD ["functions.on_scene_approved.lambda_handler"]
+CMD ["functions.lambda_entry.on_scene_approved"]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from events import SceneApproved, envelope_for
-from shared.consumer import Function, Message, RetryPolicy, apply_batch
+from shared.runtime.consumer import Function, Message, RetryPolicy, apply_batch
 
 pytestmark = pytest.mark.integration
 
@@ -24,10 +24,9 @@ def recorder(conn):
     conn.execute("CREATE TABLE seen (approved_by text)")
     calls = []
 
-    def record(event, deps_):
+    def record(event, uow, ports):
         calls.append(event.approved_by)
-        with deps_.uow() as uow:
-            uow.conn.execute("INSERT INTO seen VALUES (%s)", [event.approved_by])
+        uow.conn.execute("INSERT INTO seen VALUES (%s)", [event.approved_by])
         if event.approved_by == "refuse":
             raise ValueError("no")
 
@@ -36,7 +35,7 @@ def recorder(conn):
 
 def _apply(conn, deps, function, messages):
     with conn.transaction():
-        return apply_batch(conn, deps, function, messages, RetryPolicy(attempts=1))
+        return apply_batch(conn, deps.ports, function, messages, RetryPolicy(attempts=1))
 
 
 def _seen(conn) -> list[str]:
@@ -80,9 +79,3 @@ def test_an_isolated_function_never_handles_an_event_twice_for_a_neighbour(deps,
     assert outcome.applied == [batch[0], batch[2]] and len(outcome.dead) == 1
     assert calls == ["a", "refuse", "b"]
     assert _seen(conn) == ["a", "b"]
-
-
-def test_generation_dispatch_is_isolated():
-    from functions.registry import FUNCTIONS
-
-    assert [name for name, f in FUNCTIONS.items() if f.isolated] == ["on_generation_requested"]

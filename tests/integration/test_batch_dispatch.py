@@ -8,10 +8,12 @@ import urllib.request
 import boto3
 import pytest
 
-from shared import bus, scenes
+from shared.runtime import bus
+
+from shared.domain import scenes
 from shared.bootstrap import Deps
 from shared.config import Settings
-from shared.scenes import SegmentSpec
+from shared.domain.recipe import SegmentSpec
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +46,7 @@ def test_one_batch_job_per_segment_with_gpu_requirements(moto_batch, database_ur
     url, batch = moto_batch
     deps = Deps(Settings(database_url=database_url, home=tmp_path / "home", model=tiny_model, dispatcher="batch",
                          batch_endpoint_url=url, batch_gpus=1, batch_vcpus=8, batch_memory_mib=30000))
-    from functions.registry import FUNCTIONS
+    from functions.handlers.registry import FUNCTIONS
 
     scene_id = scenes.submit_scene(deps, project="p", name="s", aspect="16:9", tier="production",
                                    segments=[SegmentSpec(prompt="a", seed=1), SegmentSpec(prompt="b", seed=2)])

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from shared import db
+from shared.adapters import db
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,10 @@ import json
 import psycopg
 import pytest
 
-from functions.cli_jobs import run_until, wait_for_scene
-from shared import delivery, scenes, upscale
-from shared.generation import encode_mp4
-from shared.scenes import SegmentSpec
+from tests.conftest import run_until, wait_for_scene
+from shared.domain import delivery, scenes, upscale
+from shared.media.video import encode_mp4
+from shared.domain.recipe import SegmentSpec
 from tests.conftest import generation_deps
 
 pytestmark = pytest.mark.integration
@@ -32,7 +32,7 @@ def gen_deps(module_database_url, tmp_path_factory, tiny_model):
 
 @pytest.fixture
 def conn(module_database_url):
-    from shared import db
+    from shared.adapters import db
 
     with db.connect(module_database_url) as connection:
         yield connection
@@ -42,14 +42,14 @@ def conn(module_database_url):
 def chain(gen_deps):
     """An approved draft, its preview and its production re-generation, all generated."""
     draft = scenes.submit_scene(gen_deps, project="fox", name="opening", aspect="16:9", segments=SEGMENTS)
-    assert wait_for_scene(gen_deps, draft, draw=False)["status"] == "generated"
-    event_id = upscale.approve(gen_deps, draft)
+    assert wait_for_scene(gen_deps, draft)["status"] == "generated"
+    event_id = scenes.approve(gen_deps, draft)
     run_until(gen_deps, lambda conn: conn.execute(
         "SELECT 1 FROM processed_events WHERE event_id = %s", [event_id]).fetchone() is not None)
     preview = upscale.request_upscale(gen_deps, draft, "preview")
     production = upscale.request_upscale(gen_deps, draft, "production")
     for scene_id in (preview, production):
-        assert wait_for_scene(gen_deps, scene_id, draw=False)["status"] == "generated"
+        assert wait_for_scene(gen_deps, scene_id)["status"] == "generated"
     return {"draft": draft, "preview": preview, "production": production}
 
 

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from events import SceneApproved, envelope_for
-from functions.registry import FUNCTIONS
-from shared import bus
-from shared.consumer import Function
+from functions.handlers.registry import FUNCTIONS
+from shared.runtime import bus, outbox
+from shared.runtime.consumer import Function
 from tests.conftest import make_scene
 
 pytestmark = pytest.mark.integration
@@ -95,13 +95,12 @@ def test_events_of_one_subject_are_applied_in_order_and_transient_failures_retri
     conn.execute("CREATE TABLE seen (n serial, scene_id bigint, approved_by text)")
     failures = {"left": 2}
 
-    def record(event, deps_):
+    def record(event, uow, ports):
         if event.approved_by == "flaky" and failures["left"]:
             failures["left"] -= 1
             raise ConnectionResetError("storage hiccup")
-        with deps_.uow() as uow:
-            uow.conn.execute("INSERT INTO seen (scene_id, approved_by) VALUES (%s, %s)",
-                             [event.scene_id, event.approved_by])
+        uow.conn.execute("INSERT INTO seen (scene_id, approved_by) VALUES (%s, %s)",
+                         [event.scene_id, event.approved_by])
 
     recorder = Function("recorder", ("scene.approved",), record)
     for who in ["a", "b", "flaky", "c", "d"]:
@@ -112,7 +111,7 @@ def test_events_of_one_subject_are_applied_in_order_and_transient_failures_retri
 
 
 def test_a_handler_that_keeps_failing_is_dead_lettered_after_bounded_retries(deps, conn):
-    def broken(event, deps_):
+    def broken(event, uow, ports):
         raise TimeoutError("GPU queue did not answer")
 
     function = Function("broken", ("scene.approved",), broken)
@@ -127,8 +126,8 @@ def test_a_crash_before_commit_loses_nothing_and_doubles_nothing(deps, conn):
     _publish(deps, SceneApproved(scene_id=scene))
     real = FUNCTIONS["on_scene_approved"]
 
-    def crash_after_effects(event, deps_):
-        real.handle(event, deps_)
+    def crash_after_effects(event, uow, ports):
+        real.handle(event, uow, ports)
         raise SystemExit("process killed")  # not an Exception: nothing catches it, as with a real crash
 
     crashing = Function(real.name, real.consumes, crash_after_effects)
@@ -162,12 +161,12 @@ def test_envelope_stored_in_the_outbox_is_a_valid_cloud_event(deps, conn):
 
 
 def test_committed_events_wake_listening_relays(deps, database_url):
-    from shared import db
+    from shared.adapters import db
 
     with db.connect(database_url) as listener:
-        bus.listen_for_outbox(listener)
+        outbox.listen_for_outbox(listener)
         _publish(deps, SceneApproved(scene_id=1))
         [notification] = list(listener.notifies(timeout=10, stop_after=1))
-        assert notification.channel == bus.OUTBOX_CHANNEL
+        assert notification.channel == outbox.OUTBOX_CHANNEL
         # Nothing committed since: a wait now lasts its whole timeout and sees nothing.
         assert list(listener.notifies(timeout=0.2)) == []

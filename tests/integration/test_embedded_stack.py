@@ -18,7 +18,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from infra import embedded
-from shared import storage
+from shared.adapters import storage
 
 pytestmark = pytest.mark.integration
 
@@ -320,7 +320,7 @@ import json, sys
 from pathlib import Path
 import psycopg
 from infra import embedded
-from shared import storage
+from shared.adapters import storage
 home, bucket, key = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 with psycopg.connect(embedded.postgres_url(home)) as conn:
     rows = [r[0] for r in conn.execute("SELECT note FROM survivors ORDER BY id").fetchall()]

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared import generation
-from shared.dimensions import generation_size, parse_aspect
+from shared.media import models, tiny
+from shared.media import video as media_video
+from shared.media import pipeline as media_pipeline
+from shared.domain.dimensions import generation_size, parse_aspect
 from shared.errors import InvalidInput, NotFound
 
 pytestmark = pytest.mark.integration
@@ -22,16 +24,16 @@ RECIPE = {"prompt": "a lighthouse at dusk, waves", "negative_prompt": "blurry", 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """Directory of the tiny pipeline, built once for the whole session."""
-    return generation.build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+    return tiny.build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_model):
-    return generation.load_pipeline(str(tiny_model), "cpu")
+    return media_pipeline.load_pipeline(str(tiny_model), "cpu")
 
 
 def render(pipeline, width, height, **changes):
-    return generation.render(pipeline, **{**RECIPE, **changes}, width=width, height=height, device="cpu")
+    return media_pipeline.render(pipeline, **{**RECIPE, **changes}, width=width, height=height, device="cpu")
 
 
 def synthetic_frames(count, width, height):
@@ -53,7 +55,7 @@ def sha256s(directory):
 def test_same_recipe_and_size_gives_identical_frames_even_after_reloading(pipeline, tiny_model):
     first = render(pipeline, 512, 288)
     again = render(pipeline, 512, 288)
-    reloaded = render(generation.load_pipeline(str(tiny_model), "cpu"), 512, 288)
+    reloaded = render(media_pipeline.load_pipeline(str(tiny_model), "cpu"), 512, 288)
 
     assert first.dtype == np.uint8 and first.shape == (4, 288, 512, 3)
     assert np.array_equal(first, again)
@@ -80,15 +82,15 @@ def test_production_size_renders_and_encodes_at_exactly_1920x1080(pipeline):
 
     # (How long it takes is bench/tier_cost.py's business, not a test's.)
     frames = render(pipeline, width, height)
-    video = generation.encode_mp4(frames, fps=8)
+    video = media_video.encode_mp4(frames, fps=8)
 
     assert frames.shape == (4, 1080, 1920, 3)
-    assert generation.probe_video(video) == (1920, 1080, 4)
+    assert media_video.probe_video(video) == (1920, 1080, 4)
 
 
 def test_on_step_is_called_after_every_step_up_to_the_total(pipeline):
     calls = []
-    generation.render(pipeline, **{**RECIPE, "steps": 3}, width=64, height=64, device="cpu",
+    media_pipeline.render(pipeline, **{**RECIPE, "steps": 3}, width=64, height=64, device="cpu",
                       on_step=lambda step, total: calls.append((step, total)))
     assert calls == [(1, 3), (2, 3), (3, 3)]
 
@@ -104,7 +106,7 @@ def test_on_step_is_called_after_every_step_up_to_the_total(pipeline):
 def test_bad_render_input_is_refused_before_any_work(pipeline, changes, message):
     arguments = {**RECIPE, "width": 512, "height": 288, **changes}
     with pytest.raises(InvalidInput, match=message):
-        generation.render(pipeline, **arguments, device="cpu")
+        media_pipeline.render(pipeline, **arguments, device="cpu")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,22 +115,22 @@ def test_bad_render_input_is_refused_before_any_work(pipeline, changes, message)
 
 @pytest.mark.parametrize(("width", "height"), [(512, 288), (288, 512)])
 def test_encoded_video_probes_at_its_exact_size_and_frame_count(width, height):
-    video = generation.encode_mp4(synthetic_frames(5, width, height), fps=8)
+    video = media_video.encode_mp4(synthetic_frames(5, width, height), fps=8)
     assert video[4:8] == b"ftyp"
-    assert generation.probe_video(video) == (width, height, 5)
+    assert media_video.probe_video(video) == (width, height, 5)
 
 
 def test_crf_changes_the_output_size():
     frames = synthetic_frames(4, 512, 288)
-    fine = generation.encode_mp4(frames, 8, {"crf": 10})
-    coarse = generation.encode_mp4(frames, 8, {"crf": 40})
+    fine = media_video.encode_mp4(frames, 8, {"crf": 10})
+    coarse = media_video.encode_mp4(frames, 8, {"crf": 40})
     assert len(coarse) < len(fine)
 
 
 def test_h265_and_other_settings_keep_the_exact_size():
     frames = synthetic_frames(3, 512, 288)
-    video = generation.encode_mp4(frames, 8, {"codec": "h265", "crf": 28, "pixel_format": "yuv444p", "fps": 24})
-    assert generation.probe_video(video) == (512, 288, 3)
+    video = media_video.encode_mp4(frames, 8, {"codec": "h265", "crf": 28, "pixel_format": "yuv444p", "fps": 24})
+    assert media_video.probe_video(video) == (512, 288, 3)
 
 
 @pytest.mark.parametrize(("settings", "message"), [
@@ -137,17 +139,17 @@ def test_h265_and_other_settings_keep_the_exact_size():
 ])
 def test_bad_quality_settings_are_refused(settings, message):
     with pytest.raises(InvalidInput, match=message):
-        generation.encode_mp4(synthetic_frames(1, 64, 64), 8, settings)
+        media_video.encode_mp4(synthetic_frames(1, 64, 64), 8, settings)
 
 
 def test_probe_refuses_bytes_that_are_not_a_video():
     with pytest.raises(InvalidInput, match="not a readable video"):
-        generation.probe_video(b"this is not an mp4")
+        media_video.probe_video(b"this is not an mp4")
 
 
 def test_poster_is_the_first_frame_as_png():
     frames = synthetic_frames(2, 512, 288)
-    png = generation.poster_png(frames)
+    png = media_video.poster_png(frames)
     image = Image.open(io.BytesIO(png))
     assert image.format == "PNG" and image.size == (512, 288)
     assert np.array_equal(np.asarray(image.convert("RGB")), frames[0])
@@ -159,8 +161,8 @@ def test_poster_is_the_first_frame_as_png():
 
 def test_loading_a_missing_directory_says_what_to_do(tmp_path):
     missing = tmp_path / "no-model-here"
-    with pytest.raises(generation.ModelNotFound) as caught:
-        generation.load_pipeline(str(missing), "cpu")
+    with pytest.raises(models.ModelNotFound) as caught:
+        media_pipeline.load_pipeline(str(missing), "cpu")
     message = str(caught.value)
     assert isinstance(caught.value, NotFound)
     assert f"model '{missing}' not found: no diffusers pipeline at {missing}" in message
@@ -168,23 +170,23 @@ def test_loading_a_missing_directory_says_what_to_do(tmp_path):
 
 
 def test_loading_a_directory_without_model_index_says_so(tmp_path):
-    with pytest.raises(generation.ModelNotFound, match=r"\(model_index.json missing\); build the tiny one"):
-        generation.load_pipeline(str(tmp_path), "cpu")
+    with pytest.raises(models.ModelNotFound, match=r"\(model_index.json missing\); build the tiny one"):
+        media_pipeline.load_pipeline(str(tmp_path), "cpu")
 
 
 def test_validate_model_accepts_pipeline_directories_and_hub_ids(tiny_model, tmp_path):
-    generation.validate_model(str(tiny_model))
-    generation.validate_model("org/name")
+    models.validate_model(str(tiny_model))
+    models.validate_model("org/name")
     for refused in ("/nope", "no spaces allowed", str(tmp_path), ""):
-        with pytest.raises(generation.ModelNotFound):
-            generation.validate_model(refused)
+        with pytest.raises(models.ModelNotFound):
+            models.validate_model(refused)
 
 
 def test_building_twice_gives_identical_weights(tiny_model, tmp_path):
     original = sha256s(tiny_model)
     assert set(original) == {"text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
                              "vae/diffusion_pytorch_model.safetensors"}
-    assert sha256s(generation.build_tiny_model(tmp_path / "again")) == original
+    assert sha256s(tiny.build_tiny_model(tmp_path / "again")) == original
 
 
 def test_the_saved_pipeline_reloads_with_from_pretrained(tiny_model):
@@ -193,6 +195,6 @@ def test_the_saved_pipeline_reloads_with_from_pretrained(tiny_model):
     reloaded = DiffusionPipeline.from_pretrained(str(tiny_model))
     assert isinstance(reloaded, TextToVideoSDPipeline)
     assert isinstance(reloaded.unet, UNet3DConditionModel)
-    assert tuple(reloaded.unet.config.block_out_channels) == generation.TINY_UNET_CHANNELS
+    assert tuple(reloaded.unet.config.block_out_channels) == tiny.TINY_UNET_CHANNELS
     assert reloaded.tokenizer.model_max_length == 77
     assert reloaded.vae_scale_factor == 8

@@ -7,8 +7,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from functions.cli_jobs import run_until
-from functions.http_api import create_app
+from tests.conftest import run_until
+from functions.http.app import create_app
 from tests.conftest import API_KEYS as KEYS
 from tests.conftest import make_scene
 

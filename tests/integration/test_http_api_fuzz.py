@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance
 
-from functions.http_api import create_app
+from functions.http.app import create_app
 from tests.conftest import API_KEYS
 
 pytestmark = pytest.mark.integration

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from functions.cli_jobs import wait_for_scene
-from shared import scenes
+from tests.conftest import wait_for_scene
+from shared.domain import recipe, scenes
 from shared.errors import InvalidInput, NotFound
-from shared.scenes import SegmentSpec
+from shared.domain.recipe import SegmentSpec
 
 pytestmark = pytest.mark.integration
 
@@ -23,10 +23,10 @@ def _counts(conn) -> dict:
 
 
 def test_a_draft_scene_is_generated_with_its_files_in_s3(gen_deps, conn):
-    from shared.generation import probe_video
+    from shared.media.video import probe_video
 
     scene_id = scenes.submit_scene(gen_deps, project="fox", name="opening", aspect="16:9", segments=TWO_SEGMENTS)
-    scene = wait_for_scene(gen_deps, scene_id, draw=False)
+    scene = wait_for_scene(gen_deps, scene_id)
 
     assert (scene["status"], scene["tier"], scene["width"], scene["height"], scene["progress"]) == (
         "generated", "draft", 512, 288, 100.0)
@@ -67,7 +67,7 @@ def test_seeds_are_random_when_not_given_and_always_stored(gen_deps, conn):
     seeds = [s["recipe"]["seed"] for s in scene["segments"]]
     assert all(isinstance(seed, int) and seed >= 0 for seed in seeds) and seeds[0] != seeds[1]
     assert (scene["width"], scene["height"]) == (288, 512)
-    assert scene["segments"][0]["recipe"]["frames"] == scenes.SEGMENT_DEFAULTS["frames"]
+    assert scene["segments"][0]["recipe"]["frames"] == recipe.SEGMENT_DEFAULTS["frames"]
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,7 @@ def test_a_worker_failure_is_retried_then_fails_the_scene_with_the_reason(databa
 def _fail_twice(gen_deps, conn) -> None:
     scene_id = scenes.submit_scene(gen_deps, project="p", name="s", aspect="16:9", model="tierflow/not-a-real-model",
                                    segments=[SegmentSpec(prompt="x", seed=1, frames=2, steps=1)])
-    scene = wait_for_scene(gen_deps, scene_id, draw=False)
+    scene = wait_for_scene(gen_deps, scene_id)
     assert scene["status"] == "failed"
     jobs = conn.execute("SELECT attempt, status, error FROM generation_jobs ORDER BY attempt").fetchall()
     assert [(j["attempt"], j["status"]) for j in jobs] == [(1, "failed"), (2, "failed")]  # max_attempts=2
@@ -120,7 +120,7 @@ def _fail_twice(gen_deps, conn) -> None:
 
 def test_usage_counts_device_seconds_per_tier(gen_deps, run_cli, database_url):
     scene_id = scenes.submit_scene(gen_deps, project="fox", name="s", aspect="16:9", segments=TWO_SEGMENTS[:1])
-    wait_for_scene(gen_deps, scene_id, draw=False)
+    wait_for_scene(gen_deps, scene_id)
     usage = json.loads(run_cli("usage", "--json", env={"TIERFLOW_DATABASE_URL": database_url}).stdout)
     assert usage["by_tier"]["draft"] > 0 and usage["by_project"]["fox"] == usage["total_device_seconds"]
     assert [(r["project"], r["tier"], r["jobs"]) for r in usage["rows"]] == [("fox", "draft", 1)]

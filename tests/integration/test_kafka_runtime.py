@@ -14,8 +14,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from events import SceneApproved, load_schema
-from functions.registry import FUNCTIONS
-from shared.kafka_bus import KafkaFunctionRunner, ensure_topics, make_producer, relay_to_kafka
+from functions.handlers.registry import FUNCTIONS
+from shared.runtime.kafka_bus import KafkaFunctionRunner, ensure_topics, make_producer, relay_to_kafka
 from tests.conftest import TIERFLOW, make_scene
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from events import SceneApproved, envelope_for
-from functions import on_scene_approved
+from functions import lambda_entry
+from functions.handlers import on_scene_approved
 from tests.conftest import make_scene
 
 pytestmark = pytest.mark.integration
@@ -52,7 +53,7 @@ def test_partial_batch_failure_names_exactly_the_failing_records(lambda_env, con
         },
     }
     # A fresh handler so each parametrised run builds its own deps from the environment.
-    handler = on_scene_approved.lambda_entrypoint(on_scene_approved.FUNCTION)
+    handler = lambda_entry.lambda_entrypoint(on_scene_approved.FUNCTION)
     response = handler(payload, None)
     assert response == {"batchItemFailures": [
         {"itemIdentifier": "scene.approved-0-11"}, {"itemIdentifier": "scene.approved-3-40"}]}
@@ -66,11 +67,11 @@ def test_partial_batch_failure_names_exactly_the_failing_records(lambda_env, con
     assert conn.execute("SELECT count(*) AS n FROM processed_events").fetchone()["n"] == 2
 
 
-def test_the_module_level_handler_is_wired_to_the_function(lambda_env, conn):
+def test_the_handler_the_template_names_is_wired_to_the_function(lambda_env, conn):
     scene = make_scene(conn)
     payload = {"eventSource": "SelfManagedKafka",
                "records": {"scene.approved-0": [_record("scene.approved", 0, 1, _approval(scene))]}}
-    assert on_scene_approved.lambda_handler(payload, None) == {"batchItemFailures": []}
+    assert lambda_entry.on_scene_approved(payload, None) == {"batchItemFailures": []}
     assert conn.execute("SELECT status FROM scenes WHERE id = %s", [scene]).fetchone()["status"] == "approved"
 
 
@@ -78,7 +79,7 @@ def test_a_payload_that_is_not_from_kafka_is_refused(lambda_env):
     from events import InvalidEvent
 
     with pytest.raises(InvalidEvent, match="not a Kafka event source payload"):
-        on_scene_approved.lambda_handler({"Records": [{"eventSource": "aws:sqs"}]}, None)
+        lambda_entry.on_scene_approved({"Records": [{"eventSource": "aws:sqs"}]}, None)
 
 
 def test_sample_payload_file_round_trips(lambda_env, conn, tmp_path):
@@ -87,5 +88,5 @@ def test_sample_payload_file_round_trips(lambda_env, conn, tmp_path):
               "records": {"scene.approved-1": [_record("scene.approved", 1, 7, _approval(scene))]}}
     path = tmp_path / "event.json"
     path.write_text(json.dumps(sample))
-    handler = on_scene_approved.lambda_entrypoint(on_scene_approved.FUNCTION)
+    handler = lambda_entry.lambda_entrypoint(on_scene_approved.FUNCTION)
     assert handler(json.loads(path.read_text()), None) == {"batchItemFailures": []}

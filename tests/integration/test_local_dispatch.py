@@ -8,11 +8,12 @@ import time
 
 import pytest
 
-from functions.cli_jobs import run_until
+from tests.conftest import run_until
 from infra import embedded
-from shared import scenes
-from shared.dispatch import LocalDispatcher, job_document, process_identity, redispatch_orphans
-from shared.scenes import SegmentSpec
+from shared.domain import scenes
+from shared.adapters.dispatch import LocalDispatcher, process_identity, redispatch_orphans
+from shared.domain.scenes import job_document
+from shared.domain.recipe import SegmentSpec
 from tests.conftest import generation_deps
 
 pytestmark = pytest.mark.integration

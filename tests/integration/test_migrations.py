@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from shared import db
+from shared.adapters import db
 from shared.errors import SchemaNotReady
 
 pytestmark = pytest.mark.integration

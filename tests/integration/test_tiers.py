@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared import tiers
+from shared.domain import tiers
 from shared.errors import Conflict, InvalidInput, NotFound
 
 pytestmark = pytest.mark.integration
@@ -169,7 +169,7 @@ def test_unknown_tier_is_not_found(conn):
 
 
 def test_tier_sizes_for_an_aspect_ratio(conn):
-    from shared.dimensions import parse_aspect
+    from shared.domain.dimensions import parse_aspect
 
     sizes = {t.name: t.size_for(parse_aspect("16:9")) for t in tiers.list_tiers(conn)}
     assert sizes == {"draft": (512, 288), "preview": (768, 432), "production": (1920, 1080)}
@@ -178,7 +178,7 @@ def test_tier_sizes_for_an_aspect_ratio(conn):
 def test_concurrent_default_changes_leave_exactly_one_default(database_url):
     from concurrent.futures import ThreadPoolExecutor
 
-    from shared import db
+    from shared.adapters import db
 
     def flip(name: str) -> None:
         with db.connect(database_url) as own:

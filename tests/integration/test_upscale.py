@@ -8,11 +8,12 @@ import threading
 import pytest
 from PIL import Image
 
-from functions.cli_jobs import approval_settled, run_until, wait_for_scene
-from shared import scenes, upscale
+from shared.runtime.drive import approval_settled
+from tests.conftest import run_until, wait_for_scene
+from shared.domain import scenes, upscale
 from shared.bootstrap import Deps
 from shared.errors import Conflict, NotFound
-from shared.scenes import SegmentSpec
+from shared.domain.recipe import SegmentSpec
 
 pytestmark = pytest.mark.integration
 
@@ -23,12 +24,12 @@ SEGMENTS = [SegmentSpec(prompt="a red fox in snow", seed=21, frames=2, steps=1),
 
 def _generated_draft(deps, project="fox") -> int:
     scene_id = scenes.submit_scene(deps, project=project, name="opening", aspect="16:9", segments=SEGMENTS)
-    assert wait_for_scene(deps, scene_id, draw=False)["status"] == "generated"
+    assert wait_for_scene(deps, scene_id)["status"] == "generated"
     return scene_id
 
 
 def _approve_and_follow(deps, scene_id: int) -> int:
-    event_id = upscale.approve(deps, scene_id, approved_by="test")
+    event_id = scenes.approve(deps, scene_id, approved_by="test")
     run_until(deps, lambda conn: approval_settled(conn, scene_id, event_id), settle=False)
     with deps.connect() as conn:
         target = conn.execute("SELECT id FROM scenes WHERE upscaled_from_scene_id = %s", [scene_id]).fetchone()
@@ -43,7 +44,7 @@ def test_approval_with_auto_upscale_gives_a_linked_production_scene(gen_deps, co
     draft_id = _generated_draft(gen_deps)
     upscale.set_auto_upscale(gen_deps, "fox", "production")
     target_id = _approve_and_follow(gen_deps, draft_id)
-    target = wait_for_scene(gen_deps, target_id, draw=False)
+    target = wait_for_scene(gen_deps, target_id)
     draft = scenes.get_scene(conn, draft_id)
 
     assert draft["status"] == "approved"
@@ -66,14 +67,17 @@ def test_approval_with_auto_upscale_gives_a_linked_production_scene(gen_deps, co
 
     # Similarity scores and the side-by-side image for every upscaled segment.
     for segment in target["segments"]:
-        assert -1 <= segment["ssim"] <= 1 and segment["psnr"] > 0 and segment["similarity_flagged"] is not None
+        assert -1 <= segment["ssim"] <= 1 and segment["psnr"] > 0
+        assert segment["similarity_flagged"] is (segment["ssim"] < gen_deps.settings.similarity_threshold)
         image = gen_deps.s3.get_object(Bucket=gen_deps.bucket, Key=segment["outputs"]["comparison"])["Body"].read()
         assert Image.open(io.BytesIO(image)).size == (2 * 512, 288)
 
-    # A second approval (another event id) does nothing twice.
-    upscale.approve(gen_deps, draft_id)
+    # A second approval (another event id) is applied and does nothing twice.
+    second = scenes.approve(gen_deps, draft_id)
     run_until(gen_deps, lambda conn: True)
     assert _scene_count(conn) == 2
+    assert conn.execute("SELECT count(*) AS n FROM processed_events WHERE event_id = %s", [second]).fetchone()["n"] == 1
+    assert conn.execute("SELECT count(*) AS n FROM dead_letters").fetchone()["n"] == 0
 
 
 def test_refusals_have_their_own_message_and_create_nothing(gen_deps, conn):
@@ -146,20 +150,20 @@ def test_a_failed_segment_fails_the_upscale_and_retry_regenerates_only_it(gen_de
     gen_deps.s3.delete_object(Bucket=gen_deps.bucket, Key=key)
 
     target_id = upscale.request_upscale(gen_deps, draft_id, "preview")
-    target = wait_for_scene(gen_deps, target_id, draw=False)
+    target = wait_for_scene(gen_deps, target_id)
     assert target["status"] == "failed"
     assert [s["status"] for s in target["segments"]] == ["generated", "failed"]
     [failed] = [r["payload"]["data"] for r in conn.execute("SELECT payload FROM outbox WHERE topic = 'upscale.failed'")]
     assert failed["target_scene_id"] == target_id and "NoSuchKey" in failed["reason"]
 
     gen_deps.s3.put_object(Bucket=gen_deps.bucket, Key=key, Body=video)  # the fix
-    upscale.retry_failed_segments(gen_deps, target_id)
-    target = wait_for_scene(gen_deps, target_id, draw=False)
+    scenes.retry_failed_segments(gen_deps, target_id)
+    target = wait_for_scene(gen_deps, target_id)
     assert target["status"] == "generated"
     attempts = {s["position"]: s["job"]["attempt"] for s in target["segments"]}
     assert attempts == {0: 1, 1: 2}  # only the failed segment ran again
     with pytest.raises(Conflict, match="has no failed segment to retry"):
-        upscale.retry_failed_segments(gen_deps, target_id)
+        scenes.retry_failed_segments(gen_deps, target_id)
 
 
 def test_cli_upscale_approve_and_show(gen_deps, run_cli, database_url, tiny_model, conn):

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from shared import access
+from shared.domain import access
 from shared.config import Settings
 from shared.errors import Conflict, InvalidInput
 

@@ -1,4 +1,4 @@
-"""The dimension rule (shared.dimensions): examples, parsing, and properties over many boxes."""
+"""The dimension rule (shared.domain.dimensions): examples, parsing, and properties over many boxes."""
 
 from fractions import Fraction
 from math import gcd
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from shared.dimensions import MAX_ASPECT_TERM, SIZE_STEP, AspectRatio, generation_size, parse_aspect
+from shared.domain.dimensions import MAX_ASPECT_TERM, SIZE_STEP, AspectRatio, generation_size, parse_aspect
 from shared.errors import InvalidInput
 
 # The built-in tier boxes (see infra/migrations/0001_create_resolution_tiers.sql).

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from functions.registry import FUNCTIONS
+from functions.handlers.registry import FUNCTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,10 +29,10 @@ def test_every_handler_has_its_function_and_event_sources_in_the_template():
     resources = _template()["Resources"]
     functions = {r["Properties"]["ImageConfig"]["Command"][0]: name for name, r in resources.items()
                  if r["Type"] == "AWS::Lambda::Function" and name != "ApiFunction"}
-    assert set(functions) == {f"functions.{name}.lambda_handler" for name in FUNCTIONS}
+    assert set(functions) == {f"functions.lambda_entry.{name}" for name in FUNCTIONS}
     mappings = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
     for name, function in FUNCTIONS.items():
-        resource = functions[f"functions.{name}.lambda_handler"]
+        resource = functions[f"functions.lambda_entry.{name}"]
         topics = sorted(t for m in mappings if m["FunctionName"] == resource for t in m["Topics"])
         assert topics == sorted(function.consumes), name
     for mapping in mappings:

@@ -5,7 +5,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from shared import similarity
+from shared.domain import similarity
 
 
 def _frames(seed: int, count: int = 2, height: int = 72, width: int = 128) -> np.ndarray:

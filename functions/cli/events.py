@@ -1,0 +1,263 @@
+"""`tierflow events …`, `tierflow relay` and `tierflow consume`: the event runtime from the command line.
+
+Each command works on both runtimes: Kafka when TIERFLOW_KAFKA_BOOTSTRAP is set, otherwise the
+embedded bus over the PostgreSQL outbox.
+"""
+
+import json
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+
+from events import ALL_TOPICS, EVENT_TYPES, envelope_for, topic_for
+from events.errors import validated
+from functions.cli.jobs import DEPLOYED, announce_orphans
+from functions.handlers.registry import FUNCTIONS
+from functions.cli.parsing import add_command, add_group
+from shared.runtime import bus, dead_letters, outbox
+from shared.runtime.consumer import Function, Outcome
+from shared.errors import InvalidInput, NotFound
+
+
+def _functions(names: list[str]) -> list[Function]:
+    unknown = [n for n in names if n not in FUNCTIONS]
+    if unknown:
+        raise NotFound(f"unknown function(s) {', '.join(unknown)} (known: {', '.join(FUNCTIONS)})")
+    return [FUNCTIONS[n] for n in names] if names else list(FUNCTIONS.values())
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM and SIGINT ask the loops to finish their current batch and exit."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def _report(function: Function, outcome: Outcome) -> None:
+    print(
+        f"{function.name}: applied {len(outcome.applied)}, duplicates {len(outcome.duplicates)}, "
+        f"dead-lettered {len(outcome.dead)}",
+        flush=True,
+    )
+    for message, reason in outcome.dead:
+        print(f"  dead letter {message.ref or message.topic}: {reason}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# events publish / tail / dlq
+
+
+def cmd_events_publish(deps, args) -> int:
+    if args.type not in EVENT_TYPES:
+        raise InvalidInput(f"unknown event type {args.type!r} (known: {', '.join(EVENT_TYPES)})")
+    try:
+        data = json.loads(args.data)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"--data is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    event = validated(EVENT_TYPES[args.type], data, what=f"invalid {args.type} event", at=("data",))
+    settings = deps.settings
+    if settings.embedded_bus:
+        with deps.uow() as uow:
+            event_id = uow.emit(event)
+    else:
+        from shared.runtime.kafka_bus import make_producer
+
+        cloud_event = envelope_for(event, source=deps.source)
+        producer = make_producer(settings.kafka_bootstrap)
+        try:
+            producer.send(topic_for(event.type), key=event.subject.encode(), value=cloud_event.to_json()).get(timeout=30)
+        finally:
+            producer.close()
+        event_id = cloud_event.id
+    published = {"id": event_id, "type": event.type, "subject": event.subject, "topic": topic_for(event.type)}
+    if args.json:
+        print(json.dumps(published))
+    else:
+        print(f"published {event.type} {event_id} (subject {event.subject}) to {published['topic']}")
+    return 0
+
+
+def _print_event(payload: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(payload, sort_keys=True), flush=True)
+    else:
+        data = json.dumps(payload.get("data"), sort_keys=True)
+        print(f"{payload.get('time')}  {payload.get('type')}  subject={payload.get('subject')}  "
+              f"id={payload.get('id')}  {data}", flush=True)
+
+
+def cmd_events_tail(deps, args) -> int:
+    types = args.types or list(ALL_TOPICS)
+    unknown = [t for t in types if t not in EVENT_TYPES]
+    if unknown:
+        raise InvalidInput(f"unknown event type(s) {', '.join(unknown)} (known: {', '.join(EVENT_TYPES)})")
+    topics = [topic_for(t) for t in types]
+    stop = _stop_on_signals()
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    shown = 0
+
+    def done() -> bool:
+        return stop.is_set() or (args.limit and shown >= args.limit) or (deadline and time.monotonic() > deadline)
+
+    if deps.settings.embedded_bus:
+        with deps.connect() as conn:
+            start = 0 if args.from_beginning else conn.execute(
+                "SELECT COALESCE(MAX(id), 0) AS id FROM outbox").fetchone()["id"]
+            while not done():
+                rows = conn.execute(
+                    "SELECT id, payload FROM outbox WHERE id > %s AND topic = ANY(%s) ORDER BY id LIMIT 100",
+                    [start, topics]).fetchall()
+                for row in rows:
+                    if done():
+                        break
+                    _print_event(row["payload"], args.json)
+                    start, shown = row["id"], shown + 1
+                if not rows:
+                    time.sleep(0.2)
+        return 0
+
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        *topics, bootstrap_servers=deps.settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+        auto_offset_reset="earliest" if args.from_beginning else "latest",
+    )
+    try:
+        while not done():
+            for records in consumer.poll(timeout_ms=200).values():
+                for record in records:
+                    if done():
+                        break
+                    try:
+                        _print_event(json.loads(record.value), args.json)
+                    except ValueError:
+                        print(f"(not JSON) {record.topic}-{record.partition}-{record.offset}: {record.value!r}", flush=True)
+                    shown += 1
+    finally:
+        consumer.close()
+    return 0
+
+
+def cmd_events_dlq(deps, args) -> int:
+    letters = (dead_letters.on_bus(deps, args.replay) if deps.settings.embedded_bus
+               else dead_letters.on_kafka(deps, args.replay))
+    if args.json:
+        print(json.dumps(letters, indent=2, default=str))
+        return 0
+    if not letters:
+        print("no dead letters")
+    for letter in letters:
+        print(f"{letter['topic']}  consumer={letter['consumer']}  key={letter['key']}  reason: {letter['reason']}")
+    if args.replay and letters:
+        print(f"replayed {len(letters)} dead letter(s) to their topics")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# relay and consume
+
+
+def cmd_relay(deps, args) -> int:
+    stop = _stop_on_signals()
+    settings = deps.settings
+    with deps.connect() as conn:
+        outbox.listen_for_outbox(conn)
+        if settings.embedded_bus:
+            relay_once = lambda: bus.relay_to_bus(conn, DEPLOYED)  # noqa: E731
+        else:
+            from shared.runtime.kafka_bus import ensure_topics, make_producer, relay_to_kafka
+
+            ensure_topics(settings.kafka_bootstrap, settings.kafka_partitions)
+            producer = make_producer(settings.kafka_bootstrap)
+            relay_once = lambda: relay_to_kafka(conn, producer)  # noqa: E731
+        total = 0
+        while not stop.is_set():
+            sent = relay_once()
+            total += sent
+            if sent:
+                print(f"relayed {sent} event(s)", flush=True)
+            elif args.once:
+                break
+            else:
+                outbox.wait_for_outbox(conn, timeout=1.0)
+    print(f"relay stopped after {total} event(s)", flush=True)
+    return 0
+
+
+def cmd_consume(deps, args) -> int:
+    functions = _functions(args.functions)
+    stop = _stop_on_signals()
+    if any(f.name == "on_generation_requested" for f in functions):
+        announce_orphans(deps)
+    try:
+        return _consume(deps, args, functions, stop)
+    finally:
+        if stop.is_set():
+            deps.close()  # stopped by a signal: waiting and running jobs are picked up again by the next start
+
+
+def _consume(deps, args, functions, stop) -> int:
+    settings = deps.settings
+    names = ", ".join(f.name for f in functions)
+    if settings.embedded_bus:
+        print(f"consuming on the embedded bus: {names}", flush=True)
+        if args.once:
+            bus.drain(deps, DEPLOYED, functions, on_outcome=_report)
+        else:
+            bus.run_bus(deps, DEPLOYED, functions, should_stop=stop.is_set, on_outcome=_report)
+        return 0
+
+    from shared.runtime.kafka_bus import KafkaFunctionRunner, ensure_topics, make_producer
+
+    ensure_topics(settings.kafka_bootstrap, settings.kafka_partitions)
+    producer = make_producer(settings.kafka_bootstrap)
+    idle_since = [time.monotonic()]
+
+    def on_outcome(function, outcome):
+        idle_since[0] = time.monotonic()
+        _report(function, outcome)
+
+    def should_stop() -> bool:
+        return stop.is_set() or (args.once and time.monotonic() - idle_since[0] > args.idle_seconds)
+
+    runners = [KafkaFunctionRunner(deps, f, settings.kafka_bootstrap, producer) for f in functions]
+    print(f"consuming from Kafka at {settings.kafka_bootstrap}: {names}", flush=True)
+    threads = [threading.Thread(target=r.run, args=(should_stop, on_outcome), name=r.function.name) for r in runners]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.2)  # wake up for signals
+    producer.close()
+    print(f"consumers stopped at {datetime.now(timezone.utc):%H:%M:%S}", flush=True)
+    return 0
+
+
+def register(commands) -> None:
+    """Add these commands to the `tierflow` parser."""
+    event_commands = add_group(commands, "events", "publish, follow and repair events")
+    publish = add_command(event_commands, "publish", cmd_events_publish, "validate an event and publish it")
+    publish.add_argument("type", metavar="TYPE", help=f"event type: {', '.join(EVENT_TYPES)}")
+    publish.add_argument("--data", required=True, metavar="JSON", help="the event's data, e.g. '{\"scene_id\": 12}'")
+
+    tail = add_command(event_commands, "tail", cmd_events_tail, "follow events as they are published")
+    tail.add_argument("types", nargs="*", metavar="TYPE", help="event types to follow (default: all)")
+    tail.add_argument("--from-beginning", action="store_true", help="start with the oldest event kept")
+    tail.add_argument("--limit", type=int, default=0, help="exit after this many events")
+    tail.add_argument("--timeout", type=float, default=0, help="exit after this many seconds")
+
+    dlq = add_command(event_commands, "dlq", cmd_events_dlq, "list dead letters; --replay sends them back")
+    dlq.add_argument("--replay", action="store_true", help="re-deliver every listed dead letter after a fix")
+
+    relay = add_command(commands, "relay", cmd_relay, "publish the outbox (to Kafka, or the embedded bus)",
+                        json_output=False)
+    relay.add_argument("--once", action="store_true", help="exit when the outbox is empty")
+
+    consume = add_command(commands, "consume", cmd_consume, "run event handlers (one consumer group each)",
+                          json_output=False)
+    consume.add_argument("functions", nargs="*", metavar="FUNCTION", help="functions to run (default: all)")
+    consume.add_argument("--once", action="store_true", help="exit when nothing is left to process")
+    consume.add_argument("--idle-seconds", type=float, default=3.0,
+                         help="with --once on Kafka: how long without records counts as nothing left")

@@ -1,0 +1,306 @@
+"""`tierflow jobs …`, `scenes …`, `usage`, `model tiny` and `worker`: generation from the command line."""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from functions.cli.parsing import add_command, add_group, print_table
+from functions.handlers.registry import FUNCTIONS
+from shared.domain import recipe, scenes, upscale, usage
+from shared.runtime import drive
+from shared.errors import InvalidInput
+
+
+DEPLOYED = list(FUNCTIONS.values())  # what `--wait` runs on the embedded bus
+
+
+# ---------------------------------------------------------------------------------------------
+# --prompt starts a segment; the per-segment options after it apply to that segment
+
+
+class _StartSegment(argparse.Action):
+    def __call__(self, parser, namespace, value, option_string=None):
+        namespace.segments = [*(namespace.segments or []), {"prompt": value}]
+
+
+class _SegmentOption(argparse.Action):
+    def __call__(self, parser, namespace, value, option_string=None):
+        if not namespace.segments:
+            parser.error(f"{option_string} applies to a segment: put it after that segment's --prompt")
+        namespace.segments[-1][self.dest] = value
+
+
+def _segment_specs(args) -> dict:
+    if args.spec:
+        try:
+            document = json.loads(Path(args.spec).read_text())
+        except OSError as exc:
+            raise InvalidInput(f"cannot read the spec file: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"the spec file is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        spec = scenes.parse_spec(document)
+        # Options on the command line override the file's.
+        for key in ("project", "scene", "aspect", "tier", "model"):
+            if getattr(args, key, None):
+                spec[key] = getattr(args, key)
+        return spec
+    return {"project": args.project, "scene": args.scene, "aspect": args.aspect, "tier": args.tier,
+            "model": args.model, "segments": [recipe.SegmentSpec(**s) for s in args.segments or []]}
+
+
+# ---------------------------------------------------------------------------------------------
+# showing scenes
+
+
+def _size(scene: dict) -> str:
+    return f"{scene['width']}×{scene['height']}"
+
+
+def print_scene(scene: dict) -> None:
+    """The human form of `scenes show`."""
+    print(f"scene {scene['scene_id']} '{scene['name']}' (project {scene['project']})")
+    print(f"  tier {scene['tier']} at {_size(scene)} ({scene['aspect']}), {scene['status']}, {scene['progress']:g}%")
+    print(f"  recipe hash {scene['recipe_hash']}")
+    if len(scene.get("lineage", [])) > 1:
+        chain = " → ".join(f"{v['scene_id']} {v['tier']} {v['width']}×{v['height']} {v['status']}"
+                           for v in scene["lineage"])
+        print(f"  lineage: {chain}")
+    for segment in scene["segments"]:
+        recipe, job = segment["recipe"], segment["job"] or {}
+        print(f"  segment {segment['position']}: {segment['status']}, seed {recipe['seed']}, {recipe['frames']} frames "
+              f"@ {recipe['fps']} fps, {recipe['steps']} steps, guidance {recipe['guidance']:g}: {recipe['prompt']!r}")
+        if job:
+            line = f"    job {job['job_id']} attempt {job['attempt']}: {job['status']} {job['progress']:g}%"
+            if job["device_seconds"] is not None:
+                line += f", {job['device_seconds']:.1f} s on {job['device']}"
+            print(line)
+            if job["error"]:
+                print(f"    error: {job['error']}")
+        if segment["outputs"]:
+            print(f"    video {segment['outputs']['video']} (sha256 {segment['outputs']['sha256'][:12]}…)")
+        if segment["ssim"] is not None:
+            flag = "  ⚠ below the similarity threshold: review before delivery" if segment["similarity_flagged"] else ""
+            print(f"    vs source: SSIM {segment['ssim']:.3f}, PSNR {segment['psnr']:.1f} dB, "
+                  f"side by side {segment['outputs']['comparison']}{flag}")
+
+
+def _bar(scene: dict) -> str:
+    filled = int(scene["progress"] / 5)
+    return f"scene {scene['scene_id']} [{'#' * filled}{'.' * (20 - filled)}] {scene['progress']:5.1f}% {scene['status']}"
+
+
+def wait_for_scene(deps, scene_id: int) -> dict:
+    """Follow a scene until it is generated or failed, drawing a progress bar on stderr."""
+    drawn = {"line": ""}
+
+    def draw(scene: dict) -> None:
+        line = _bar(scene)
+        if line != drawn["line"]:
+            print(line, end="\r" if sys.stderr.isatty() else "\n", file=sys.stderr, flush=True)
+            drawn["line"] = line
+
+    scene = drive.follow_scene(deps, DEPLOYED, scene_id, draw)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    return scene
+
+
+def announce_orphans(deps) -> None:
+    """Run again the local jobs a process that is gone left unfinished, and say so."""
+    recovered = drive.rerun_orphaned_jobs(deps)
+    if recovered:
+        print(f"generation jobs {', '.join(map(str, recovered))} lost their worker; running them again", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_jobs_submit(deps, args) -> int:
+    spec = _segment_specs(args)
+    missing = [f"--{k}" for k in ("project", "scene", "aspect") if not spec.get(k)]
+    if missing:
+        raise InvalidInput(f"missing {', '.join(missing)} (on the command line or in the spec file)")
+    scene_id = scenes.submit_scene(deps, project=spec["project"], name=spec["scene"], aspect=spec["aspect"],
+                                   segments=spec["segments"], tier=spec["tier"], model=spec["model"])
+    return _show_result(deps, scene_id, args)
+
+
+def cmd_scenes_show(deps, args) -> int:
+    return _show_result(deps, args.scene_id, args)
+
+
+def cmd_scenes_list(deps, args) -> int:
+    with deps.connect() as conn:
+        found = scenes.list_scenes(conn, args.project, args.limit)
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    print_table(["ID", "PROJECT", "NAME", "TIER", "SIZE", "STATUS", "PROGRESS", "SEGMENTS", "FROM"],
+                 [[s["scene_id"], s["project"], s["name"], s["tier"], _size(s), s["status"], f"{s['progress']:g}%",
+                   len(s["segments"]), s["upscaled_from_scene_id"] or "-"] for s in found])
+    return 0
+
+
+def _show_result(deps, scene_id: int, args) -> int:
+    scene = wait_for_scene(deps, scene_id) if args.wait else None
+    if scene is None:
+        with deps.connect() as conn:
+            scene = scenes.get_scene(conn, scene_id)
+    if args.json:
+        print(json.dumps(scene, indent=2))
+    else:
+        print_scene(scene)
+    return 1 if args.wait and scene["status"] == "failed" else 0
+
+
+def cmd_scenes_upscale(deps, args) -> int:
+    target_id = upscale.request_upscale(deps, args.scene_id, args.to, requested_by="cli")
+    if args.json and not args.wait:
+        with deps.connect() as conn:
+            print(json.dumps({"target_scene_id": target_id, **scenes.get_scene(conn, target_id)}, indent=2))
+        return 0
+    return _show_result(deps, target_id, args)
+
+
+def cmd_scenes_approve(deps, args) -> int:
+    event_id = scenes.approve(deps, args.scene_id, approved_by="cli")
+    if not args.wait:
+        print(json.dumps({"event_id": event_id, "scene_id": args.scene_id}) if args.json
+              else f"published scene.approved for scene {args.scene_id} (event {event_id})")
+        return 0
+    # Until the approval is applied, then through the automatic upscale if there is one.
+    drive.run_until(deps, DEPLOYED, lambda conn: drive.approval_settled(conn, args.scene_id, event_id),
+                    settle=False)
+    with deps.connect() as conn:
+        target = drive.upscale_target_of(conn, args.scene_id)
+    return _show_result(deps, target or args.scene_id, args)
+
+
+def cmd_scenes_retry(deps, args) -> int:
+    jobs = scenes.retry_failed_segments(deps, args.scene_id)
+    if not args.json and not args.wait:
+        print(f"retrying {len(jobs)} failed segment(s) of scene {args.scene_id}: job(s) {', '.join(map(str, jobs))}")
+        return 0
+    return _show_result(deps, args.scene_id, args)
+
+
+def cmd_projects_set(deps, args) -> int:
+    tier = None if args.auto_upscale_to.lower() == "none" else args.auto_upscale_to
+    upscale.set_auto_upscale(deps, args.name, tier)
+    result = {"project": args.name, "auto_upscale_to": tier}
+    print(json.dumps(result) if args.json else
+          f"project {args.name}: approved scenes are upscaled to {tier}" if tier else
+          f"project {args.name}: no automatic upscale")
+    return 0
+
+
+def cmd_usage(deps, args) -> int:
+    with deps.connect() as conn:
+        report = usage.device_seconds(conn)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print_table(["PROJECT", "TIER", "JOBS", "DEVICE-SECONDS"],
+                 [[r["project"], r["tier"], r["jobs"], f"{r['device_seconds']:.1f}"] for r in report["rows"]])
+    print(f"total: {report['total_device_seconds']:.1f} device-seconds")
+    return 0
+
+
+def cmd_jobs_follow(deps, args) -> int:
+    if deps.settings.dispatcher != "batch":
+        print("nothing to follow: the local dispatcher reports its workers' failures itself")
+        return 0
+    while True:
+        with deps.uow() as uow:
+            reported = deps.dispatcher.follow(uow.conn, uow.emit)
+        if reported:
+            print(f"reported {reported} AWS Batch job(s) that ended without a result", flush=True)
+        if args.once:
+            return 0
+        time.sleep(args.interval)
+
+
+def cmd_model_tiny(deps, args) -> int:
+    from shared.media.tiny import build_tiny_model
+
+    path = build_tiny_model(Path(args.directory))
+    print(json.dumps({"model": str(path)}) if args.json else f"built the tiny text-to-video model in {path}")
+    return 0
+
+
+def cmd_worker(deps, args) -> int:
+    from functions import worker
+
+    return worker.main(["--job", args.job] if args.job else ["--job-json", args.job_json])
+
+
+def register(commands) -> None:
+    """Add these commands to the `tierflow` parser."""
+    job_commands = add_group(commands, "jobs", "submit generation jobs")
+    submit = add_command(job_commands, "submit", cmd_jobs_submit,
+                         "submit a scene: one segment per --prompt, generated at a tier")
+    submit.set_defaults(segments=None)
+    submit.add_argument("--project", help="project name (created on first use)")
+    submit.add_argument("--scene", help="scene name")
+    submit.add_argument("--aspect", metavar="W:H", help="aspect ratio, e.g. 16:9, 9:16, 2.39:1")
+    submit.add_argument("--tier", help="resolution tier (default: the default tier)")
+    submit.add_argument("--model", help="diffusers model directory or hub id (default: TIERFLOW_MODEL)")
+    submit.add_argument("--spec", metavar="FILE.json", help="the whole job as JSON: project, scene, aspect, tier, "
+                        "model, segments [{prompt, negative_prompt, seed, frames, fps, steps, guidance, scheduler}]")
+    submit.add_argument("--prompt", action=_StartSegment, help="starts a new segment with this prompt")
+    submit.add_argument("--negative-prompt", dest="negative_prompt", action=_SegmentOption, help="per segment")
+    submit.add_argument("--seed", type=int, action=_SegmentOption, help="per segment (default: random, stored)")
+    submit.add_argument("--frames", type=int, action=_SegmentOption, help=f"per segment (default {recipe.SEGMENT_DEFAULTS['frames']})")
+    submit.add_argument("--fps", type=int, action=_SegmentOption, help=f"per segment (default {recipe.SEGMENT_DEFAULTS['fps']})")
+    submit.add_argument("--steps", type=int, action=_SegmentOption, help=f"per segment (default {recipe.SEGMENT_DEFAULTS['steps']})")
+    submit.add_argument("--guidance", type=float, action=_SegmentOption, help=f"per segment (default {recipe.SEGMENT_DEFAULTS['guidance']})")
+    submit.add_argument("--scheduler", action=_SegmentOption, help="per segment (default: the model's)")
+    submit.add_argument("--wait", action="store_true", help="follow the scene to the end with a progress bar")
+
+    follow = add_command(job_commands, "follow", cmd_jobs_follow,
+                         "report AWS Batch jobs that ended without a result (failed to start, killed)",
+                         json_output=False)
+    follow.add_argument("--once", action="store_true", help="check once and exit")
+    follow.add_argument("--interval", type=float, default=30.0, help="seconds between checks (default 30)")
+
+    scene_commands = add_group(commands, "scenes", "scenes: show, list")
+    show = add_command(scene_commands, "show", cmd_scenes_show, "show a scene: tier, size, status, progress, segments")
+    show.add_argument("scene_id", type=int, metavar="ID")
+    show.add_argument("--wait", action="store_true", help="follow it to the end first")
+    up = add_command(scene_commands, "upscale", cmd_scenes_upscale,
+                     "re-generate a scene at a higher tier with the identical recipe (a new, linked scene)")
+    up.add_argument("scene_id", type=int, metavar="ID")
+    up.add_argument("--to", required=True, metavar="TIER", help="target tier, higher than the scene's")
+    up.add_argument("--wait", action="store_true", help="follow the target scene to the end")
+    approve = add_command(scene_commands, "approve", cmd_scenes_approve,
+                          "approve a generated scene (publishes scene.approved; may start the auto-upscale)")
+    approve.add_argument("scene_id", type=int, metavar="ID")
+    approve.add_argument("--wait", action="store_true", help="follow the approval and any automatic upscale")
+    retry = add_command(scene_commands, "retry", cmd_scenes_retry, "re-run only the failed segments of a scene")
+    retry.add_argument("scene_id", type=int, metavar="ID")
+    retry.add_argument("--wait", action="store_true", help="follow the scene to the end")
+    listing = add_command(scene_commands, "list", cmd_scenes_list, "list scenes, newest first")
+    listing.add_argument("--project", help="only this project's scenes")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+
+    add_command(commands, "usage", cmd_usage, "GPU time (device-seconds) per project and tier")
+
+    project_commands = add_group(commands, "projects", "project settings")
+    project_set = add_command(project_commands, "set", cmd_projects_set, "set a project's auto-upscale policy")
+    project_set.add_argument("name", metavar="NAME")
+    project_set.add_argument("--auto-upscale-to", required=True, metavar="TIER|none",
+                             help="upscale approved scenes to this tier automatically (none: off)")
+
+    model_commands = add_group(commands, "model", "generation models")
+    tiny = add_command(model_commands, "tiny", cmd_model_tiny,
+                       "build the tiny random-weight text-to-video pipeline offline (tests and the embedded default)")
+    tiny.add_argument("directory", metavar="DIR")
+
+    worker = add_command(commands, "worker", cmd_worker, "run one generation job (the worker container's entrypoint)",
+                         json_output=False)
+    source = worker.add_mutually_exclusive_group(required=True)
+    source.add_argument("--job", metavar="JOB.json", help="job document file")
+    source.add_argument("--job-json", metavar="JSON", help="job document as JSON")

@@ -1,0 +1,54 @@
+"""The `tierflow` command: a thin entrypoint over the services in `shared/`, one module per command
+group in this package.
+
+Conventions for every command: `--json` prints stable, documented JSON on stdout; errors go to
+stderr as one line without a traceback; exit status 2 for a usage error (bad arguments or
+values), 1 for a request a rule refused, 0 on success.
+"""
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from events import InvalidEvent
+from functions.cli import delivery, demo, events, infra, jobs, serve, stack, tiers
+from functions.cli.parsing import Parser
+from shared.bootstrap import Deps
+from shared.config import load_settings
+from shared.errors import TierflowError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="tierflow",
+        description="Tierflow: draft scenes cheaply, re-generate approved ones at Production, deliver Production only.",
+        epilog="Every command takes --json (except demo). Exit status: 0 ok, 1 refused, 2 usage error.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    # In the order `tierflow --help` has always listed them.
+    demo.register(commands)
+    stack.register_db(commands)
+    tiers.register(commands)
+    stack.register(commands)
+    for group in (events, jobs, delivery, infra, serve):
+        group.register(commands)
+    stack.register_config(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        deps = Deps(load_settings())
+        return args.run(deps, args)
+    except (TierflowError, InvalidEvent) as exc:
+        print(f"tierflow: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tierflow: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""`tierflow serve` (the HTTP API and web UI) and `tierflow api-keys` (who may use them)."""
+
+import json
+import threading
+
+from functions.cli.jobs import DEPLOYED, announce_orphans
+from functions.cli.parsing import add_command, add_group
+from shared.domain import access
+
+
+def cmd_serve(deps, args) -> int:
+    import uvicorn
+
+    from functions.http.app import create_app
+    from shared.runtime import bus
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # SIGTERM/SIGINT is the normal way to stop: shut down and exit 0 (uvicorn would
+            # re-raise the signal once it has shut down).
+            self.should_exit = True
+
+    settings = deps.settings
+    keys_file = access.ensure_local_admin_key(settings)
+    access.load_keys(settings)  # a broken keys setting is refused now, not at the first request
+    deps.connect().close()  # the database is reachable (and the embedded one migrated) before we listen
+    # On the embedded bus this process also runs the handlers and the local workers, so a job
+    # submitted in the browser is generated with nothing else running; on Kafka they run elsewhere.
+    stop, runtime = threading.Event(), None
+    if settings.embedded_bus and not args.api_only:
+        announce_orphans(deps)
+        runtime = threading.Thread(target=bus.run_bus, name="embedded-bus", daemon=True,
+                                   args=(deps, DEPLOYED, DEPLOYED), kwargs={"should_stop": stop.is_set})
+        runtime.start()
+    url = f"http://{args.host}:{args.port}/"
+    print(f"Tierflow at {url} (API under {url}api, OpenAPI at {url}openapi.json)", flush=True)
+    print(f"API keys: {keys_file} (the admin key is in it)" if keys_file else "API keys: from TIERFLOW_API_KEYS",
+          flush=True)
+    if runtime:
+        print("handlers and local workers run in this process (embedded bus)", flush=True)
+    try:
+        server = Server(uvicorn.Config(create_app(deps), host=args.host, port=args.port, log_level="warning"))
+        server.run()
+    finally:
+        stop.set()
+        if runtime:
+            runtime.join(timeout=10)
+        deps.close()  # waiting and running jobs are picked up again by the next start
+    return 0
+
+
+def cmd_api_keys_create(deps, args) -> int:
+    key = access.add_key(deps.settings, args.name, args.role)
+    if args.json:
+        print(json.dumps({"name": key.name, "role": key.role, "key": key.key}))
+    else:
+        print(f"created {key.role} key {key.name!r} in {deps.settings.api_keys_file}:\n{key.key}")
+    return 0
+
+
+def cmd_api_keys_list(deps, args) -> int:
+    keys = [{"name": k.name, "role": k.role} for k in access.load_keys(deps.settings)]
+    if args.json:
+        print(json.dumps(keys, indent=2))
+    else:
+        for key in keys:
+            print(f"{key['role']:<7} {key['name']}")
+    return 0
+
+
+def register(commands) -> None:
+    """Add `serve` and `api-keys` to the `tierflow` parser."""
+    serve = add_command(commands, "serve", cmd_serve, "serve the HTTP API and the web UI", json_output=False)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument("--api-only", action="store_true",
+                       help="do not run the handlers here even on the embedded bus (`tierflow consume` runs them)")
+
+    key_commands = add_group(commands, "api-keys", "keys for the HTTP API and web UI")
+    create = add_command(key_commands, "create", cmd_api_keys_create, "add a key to the keys file and print it")
+    create.add_argument("name", help="who or what uses the key, e.g. ana or render-farm")
+    create.add_argument("--role", required=True, choices=access.ROLES,
+                        help="viewer: read; artist: also submit, approve, upscale, deliver; admin: also tiers")
+    add_command(key_commands, "list", cmd_api_keys_list, "list the keys' names and roles (never the keys)")

@@ -1,0 +1,107 @@
+"""`tierflow db …`, `stack …` and `config show`: the schema, the embedded servers and the settings."""
+
+from functions.cli.parsing import add_command, add_group, print_json, print_table
+from shared.adapters import db
+
+
+def cmd_db_migrate(deps, args) -> int:
+    with deps.connect(check_schema=False) as conn:
+        applied = db.migrate(conn)
+    if args.json:
+        print_json({"applied": [f"{m.version}_{m.name}" for m in applied]})
+    elif applied:
+        for m in applied:
+            print(f"applied {m.version}_{m.name}")
+    else:
+        print("schema is up to date; nothing to apply")
+    return 0
+
+
+def cmd_db_status(deps, args) -> int:
+    with deps.connect(check_schema=False) as conn:
+        rows = db.migration_status(conn)
+    if args.json:
+        print_json([{**r, "applied_at": r["applied_at"].isoformat() if r["applied_at"] else None} for r in rows])
+        return 0
+    print_table(
+        ["VERSION", "NAME", "STATE"],
+        [[r["version"], r["name"], f"applied {r['applied_at']:%Y-%m-%d %H:%M:%S}" if r["applied_at"] else "pending"]
+         for r in rows],
+    )
+    return 0
+
+
+def _stack_status(deps) -> dict:
+    from infra import embedded
+
+    settings = deps.settings
+    running = embedded.status(settings.home)
+    postgres = (
+        {"mode": "embedded", **running["postgres"]}
+        if settings.embedded_database
+        else {"mode": "external", "url": settings.masked()["database_url"]}
+    )
+    s3 = (
+        {"mode": "embedded", **running["s3"], "bucket": settings.s3_bucket}
+        if settings.embedded_s3
+        else {"mode": "external", "url": settings.s3_endpoint_url, "bucket": settings.s3_bucket}
+    )
+    return {"home": str(settings.home.resolve()), "postgres": postgres, "s3": s3}
+
+
+def cmd_stack_status(deps, args) -> int:
+    status = _stack_status(deps)
+    if args.json:
+        print_json(status)
+        return 0
+    print(f"home: {status['home']}")
+    for service in ("postgres", "s3"):
+        info = status[service]
+        if info["mode"] == "external":
+            print(f"{service}: external at {info['url']}")
+        elif info["running"]:
+            print(f"{service}: running (pid {info['pid']}) at {info['url']}, data in {info['data_dir']}")
+        else:
+            print(f"{service}: stopped (starts on first use), data in {info['data_dir']}")
+    return 0
+
+
+def cmd_stack_stop(deps, args) -> int:
+    from infra import embedded
+
+    stopped = embedded.stop(deps.settings.home)
+    if args.json:
+        print_json({"stopped": stopped})
+    else:
+        for service, was_running in stopped.items():
+            print(f"{service}: {'stopped' if was_running else 'was not running'}")
+    return 0
+
+
+def cmd_config_show(deps, args) -> int:
+    shown = deps.settings.masked()
+    if args.json:
+        print_json(shown)
+    else:
+        print_table(["SETTING", "VALUE"], [[f"TIERFLOW_{k.upper()}", v] for k, v in shown.items()])
+    return 0
+
+
+def register_db(commands) -> None:
+    """Add `db` to the `tierflow` parser."""
+    db_commands = add_group(commands, "db", "database schema migrations")
+    add_command(db_commands, "migrate", cmd_db_migrate, "apply pending migrations, each in a transaction")
+    add_command(db_commands, "status", cmd_db_status, "list applied and pending migrations")
+
+
+def register(commands) -> None:
+    """Add `stack` to the `tierflow` parser."""
+    stack_commands = add_group(commands, "stack", "the embedded PostgreSQL and S3 servers")
+    add_command(stack_commands, "status", cmd_stack_status, "show the database and S3 servers in use")
+    add_command(stack_commands, "stop", cmd_stack_stop, "stop the embedded servers (data is kept)")
+
+
+def register_config(commands) -> None:
+    """Add `config` to the `tierflow` parser."""
+    config_commands = add_group(commands, "config", "configuration")
+    add_command(config_commands, "show", cmd_config_show, "print every setting, secrets masked")

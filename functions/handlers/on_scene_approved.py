@@ -1,0 +1,31 @@
+"""scene.approved: record the approval, then apply the project's auto-upscale policy.
+
+Producers anywhere in the studio pipeline approve scenes by publishing this event. The handler
+moves the scene from `generated` to `approved` (a guarded update: a late or repeated event
+cannot move it anywhere else) and, when the project sets `auto_upscale_to` a higher tier,
+requests the upscale (progressive upscaling). An approval of an already approved scene changes
+nothing and requests nothing again.
+"""
+
+from events import SceneApproved
+from shared.domain import lifecycle, upscale
+from shared.domain.scenes import lock_scene
+from shared.errors import Conflict
+from shared.runtime.consumer import Function
+from shared.runtime.ports import Ports
+from shared.runtime.uow import UnitOfWork
+
+
+def handle(event: SceneApproved, uow: UnitOfWork, ports: Ports) -> None:
+    """Apply one approval."""
+    scene = lock_scene(uow.conn, event.scene_id)  # concurrent approvals of it queue here
+    if scene["status"] == "approved":
+        return  # approved before: nothing happens twice
+    if not lifecycle.approve_scene(uow.conn, event.scene_id):
+        raise Conflict(f"scene {event.scene_id} is {scene['status']}; only a fully generated scene can be approved")
+    request = upscale.auto_upscale_request(uow.conn, event.scene_id)
+    if request:
+        uow.emit(request)
+
+
+FUNCTION = Function("on_scene_approved", (SceneApproved.type,), handle)

@@ -1,0 +1,1 @@
+"""The HTTP API and the web UI of `tierflow serve`."""

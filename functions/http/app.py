@@ -1,0 +1,38 @@
+"""The HTTP API and the web UI (`tierflow serve`): a thin entrypoint over the same services as the CLI.
+
+Every write goes through the services in `shared` (and so through the outbox and its events);
+nothing here touches a table the CLI would not. Errors are RFC 9457 problem documents.
+Access: an API key (header `X-API-Key`, or the cookie the web UI's sign-in sets) with a role;
+viewers read, artists also submit, approve, upscale and deliver, admins also change tiers.
+"""
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from functions.http import deliveries, scenes, session, tiers
+from functions.http.problems import ERRORS, install_problem_handlers
+
+WEB_DIR = Path(__file__).parent / "web"
+
+
+def create_app(deps) -> FastAPI:
+    """The API and UI over `deps` (its database, S3 and settings)."""
+    app = FastAPI(
+        title="Tierflow", version="1", description=__doc__,
+        responses={k: v for k, v in ERRORS.items() if k in (401, 403, 422, 503)},
+    )
+    app.state.deps = deps  # what the routes' dependencies read (functions.http.dependencies.get_deps)
+    install_problem_handlers(app)
+    # In this order, so the OpenAPI document lists the paths as it always has.
+    for module in (session, tiers, scenes, deliveries):
+        app.include_router(module.router)
+
+    @app.get("/", include_in_schema=False)
+    def web_ui() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    return app

@@ -1,0 +1,148 @@
+"""/api/jobs and /api/scenes: submit, list, show, approve and upscale scenes, follow a scene's
+progress (server-sent events) and fetch its segments' files (with byte ranges)."""
+
+import json
+import re
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from fastapi import Path as PathParam
+from fastapi.responses import Response, StreamingResponse
+from pydantic import Field
+
+from functions.http.dependencies import Artist, Body, Conn, Deps, Id, Viewer
+from functions.http.problems import ERRORS, PROBLEM_SCHEMA, Problem
+from shared.domain import lifecycle, recipe, scenes, upscale
+from shared.errors import NotFound
+
+# A live progress stream ends with its scene, or after this long (the browser reconnects).
+STREAM_SECONDS = 600
+STREAM_POLL_SECONDS = 0.5
+
+RANGE = re.compile(r"bytes=(\d+-\d*|-\d+)")  # one range; a multi-range request gets the whole file
+
+router = APIRouter(tags=["scenes"])
+
+
+# Request bodies (responses are the services' documented JSON forms)
+
+
+class Segment(Body):
+    prompt: str
+    negative_prompt: str | None = None
+    seed: int | None = Field(default=None, description="random when omitted; always stored")
+    frames: int | None = None
+    fps: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    scheduler: str | None = None
+
+
+class JobRequest(Body):
+    project: str
+    scene: str = Field(description="the scene's name")
+    aspect: str = "16:9"
+    tier: str | None = Field(default=None, description="a tier name; the default tier when omitted")
+    model: str | None = Field(default=None, description="a diffusers model directory or hub id; the configured one when omitted")
+    segments: list[Segment] = Field(min_length=1, max_length=100)
+
+
+class UpscaleRequest(Body):
+    target_tier: str = "production"
+
+
+def scene_json(scene: dict) -> dict:
+    # Where the browser fetches each generated segment's files.
+    for segment in scene["segments"]:
+        outputs, base = segment["outputs"], f"/api/scenes/{scene['scene_id']}/segments/{segment['position']}"
+        segment["urls"] = None if outputs is None else {
+            "poster": f"{base}/poster", "video": f"{base}/video",
+            "comparison": f"{base}/comparison" if outputs["comparison"] else None}
+    return scene
+
+
+@router.post("/api/jobs", status_code=202, responses={404: ERRORS[404], 409: ERRORS[409]})
+def submit_job(body: JobRequest, _: Artist, conn: Conn, deps: Deps) -> dict:
+    segments = [recipe.SegmentSpec(**s.model_dump()) for s in body.segments]
+    scene_id = scenes.submit_scene(deps, project=body.project, name=body.scene, aspect=body.aspect,
+                                   segments=segments, tier=body.tier, model=body.model)
+    return scene_json(scenes.get_scene(conn, scene_id))
+
+
+@router.get("/api/scenes")
+def list_scenes(_: Viewer, conn: Conn, project: str | None = None,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
+    return [scene_json(s) for s in scenes.list_scenes(conn, project, limit)]
+
+
+@router.get("/api/scenes/{scene_id}", responses={404: ERRORS[404]})
+def show_scene(scene_id: Id, _: Viewer, conn: Conn) -> dict:
+    return scene_json(scenes.get_scene(conn, scene_id))
+
+
+@router.post("/api/scenes/{scene_id}/approve", status_code=202, responses={404: ERRORS[404], 409: ERRORS[409]})
+def approve_scene(scene_id: Id, key: Artist, deps: Deps) -> dict:
+    return {"scene_id": scene_id, "event_id": scenes.approve(deps, scene_id, approved_by=key.name)}
+
+
+@router.post("/api/scenes/{scene_id}/upscale", status_code=202, responses={404: ERRORS[404], 409: ERRORS[409]})
+def upscale_scene(scene_id: Id, key: Artist, deps: Deps, body: UpscaleRequest | None = None) -> dict:
+    target_tier = (body or UpscaleRequest()).target_tier
+    target_id = upscale.request_upscale(deps, scene_id, target_tier, requested_by=key.name)
+    return {"scene_id": target_id, "source_scene_id": scene_id, "target_tier": target_tier}
+
+
+@router.get("/api/scenes/{scene_id}/events", responses={
+    200: {"description": "server-sent events: `event: scene` with the scene's JSON at each change",
+          "content": {"text/event-stream": {}}}, 404: ERRORS[404]})
+def scene_events(scene_id: Id, _: Viewer, conn: Conn, deps: Deps) -> StreamingResponse:
+    scenes.get_scene(conn, scene_id)  # a 404 now, not an empty stream
+
+    def stream():
+        last, deadline = None, time.monotonic() + STREAM_SECONDS
+        with deps.connect() as own:
+            while time.monotonic() < deadline:
+                scene = scene_json(scenes.get_scene(own, scene_id))
+                state = (scene["status"], scene["progress"], [s["status"] for s in scene["segments"]])
+                if state != last:
+                    last = state
+                    yield f"event: scene\ndata: {json.dumps(scene)}\n\n"
+                if scene["status"] in lifecycle.SETTLED:
+                    return
+                time.sleep(STREAM_POLL_SECONDS)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/api/scenes/{scene_id}/segments/{position}/{kind}", responses={
+    200: {"content": {"image/png": {}, "video/mp4": {}}}, 206: {"description": "the requested byte range"},
+    404: ERRORS[404], 416: {"description": "range outside the file", "content": PROBLEM_SCHEMA}})
+def segment_file(scene_id: Id, position: Annotated[int, PathParam(ge=0, le=10_000)], kind: str,
+                 _: Viewer, conn: Conn, deps: Deps, byte_range: Annotated[str | None, Header(alias="Range")] = None
+                 ) -> Response:
+    kinds = {"poster": ("poster", "image/png"), "video": ("video", "video/mp4"),
+             "comparison": ("comparison", "image/png")}
+    if kind not in kinds:
+        raise NotFound(f"no {kind!r} file; a segment has {', '.join(kinds)}")
+    segment = next((s for s in scenes.get_scene(conn, scene_id)["segments"] if s["position"] == position), None)
+    if segment is None:
+        raise NotFound(f"scene {scene_id} has no segment {position}")
+    output, media_type = kinds[kind]
+    key = (segment["outputs"] or {}).get(output)
+    if key is None:
+        raise NotFound(f"segment {position} of scene {scene_id} has no {kind} (yet)")
+    # Byte ranges let the browser's video player seek; S3 answers them itself.
+    ranged = byte_range is not None and RANGE.fullmatch(byte_range) is not None
+    try:
+        found = deps.s3.get_object(Bucket=deps.bucket, Key=key, **({"Range": byte_range} if ranged else {}))
+    except deps.s3.exceptions.ClientError as exc:
+        if exc.response["Error"]["Code"] == "InvalidRange":
+            raise Problem(416, "Range not satisfiable", f"{byte_range} is outside the file") from None
+        raise
+    headers = {"Cache-Control": "private, max-age=3600", "Accept-Ranges": "bytes",
+               "Content-Length": str(found["ContentLength"])}
+    if ranged:
+        headers["Content-Range"] = found["ContentRange"]
+    return StreamingResponse(found["Body"].iter_chunks(), status_code=206 if ranged else 200,
+                             media_type=media_type, headers=headers)

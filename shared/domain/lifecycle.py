@@ -1,0 +1,250 @@
+"""Every status transition of scenes, segments, generation jobs and deliveries: the state machine.
+
+  scene:    pending → generating → generated → approved; generating → failed → (retry) generating
+  segment:  pending → generating → generated; pending | generating → failed → (retry) pending
+  job:      queued → running → succeeded | failed; a retry is a new attempt row, never an
+            overwrite of the failed one
+  delivery: requested → completed | rejected
+
+Each transition is one guarded UPDATE (`… WHERE status IN (what it may come from)`), so a late,
+repeated or out-of-order event cannot move a row backwards; each says whether it changed
+anything. This is the only module that writes a status column (the schema's CHECKs are the
+backstop). Every function runs in the caller's transaction.
+"""
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from events import GenerationCompleted, GenerationFailed, GenerationProgress, GenerationRequested
+from shared.domain.recipe import recipe_of
+
+# A fully generated scene may be approved, upscaled and delivered; a settled one changes no more
+# by itself (a failed one waits for `scenes retry`).
+FULLY_GENERATED = ("generated", "approved")
+SETTLED = (*FULLY_GENERATED, "failed")
+ACTIVE_JOB = ("queued", "running")
+
+# What a worker's report changed, for the upscale report: nothing (None: a late or repeated
+# report), progress, the scene's new terminal status, or a new attempt to request.
+PROGRESS, GENERATED, FAILED, RETRY = "progress", "generated", "failed", "retry"
+
+
+def _changed(conn: psycopg.Connection, sql: str, params) -> bool:
+    return conn.execute(sql + " RETURNING 1", params).fetchone() is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenes
+
+
+def start_scene(conn: psycopg.Connection, scene_id: int) -> bool:
+    """pending → generating: one of its jobs reported."""
+    return _changed(conn, "UPDATE scenes SET status = 'generating' WHERE id = %s AND status = 'pending'", [scene_id])
+
+
+def finish_scene(conn: psycopg.Connection, scene_id: int) -> bool:
+    """→ generated once every segment is generated (a failed scene whose last segment a late
+    report completes included)."""
+    return _changed(
+        conn,
+        """UPDATE scenes SET status = 'generated'
+           WHERE id = %s AND status IN ('pending', 'generating', 'failed')
+             AND NOT EXISTS (SELECT 1 FROM segments WHERE scene_id = %s AND status <> 'generated')""",
+        [scene_id, scene_id],
+    )
+
+
+def fail_scene(conn: psycopg.Connection, scene_id: int) -> bool:
+    """pending | generating → failed: a segment failed for good."""
+    return _changed(
+        conn, "UPDATE scenes SET status = 'failed' WHERE id = %s AND status IN ('pending', 'generating')", [scene_id])
+
+
+def approve_scene(conn: psycopg.Connection, scene_id: int) -> bool:
+    """generated → approved, with the time."""
+    return _changed(
+        conn, "UPDATE scenes SET status = 'approved', approved_at = now() WHERE id = %s AND status = 'generated'",
+        [scene_id])
+
+
+def reopen_scene(conn: psycopg.Connection, scene_id: int) -> bool:
+    """failed → generating: its failed segments are being retried."""
+    return _changed(conn, "UPDATE scenes SET status = 'generating' WHERE id = %s AND status = 'failed'", [scene_id])
+
+
+# ---------------------------------------------------------------------------------------------
+# Segments
+
+
+def start_segment(conn: psycopg.Connection, segment_id: int) -> bool:
+    """pending → generating."""
+    return _changed(
+        conn, "UPDATE segments SET status = 'generating' WHERE id = %s AND status = 'pending'", [segment_id])
+
+
+def finish_segment(conn: psycopg.Connection, segment_id: int, *, ssim: float | None, psnr: float | None,
+                   comparison_key: str | None, similarity_threshold: float) -> bool:
+    """→ generated, with the similarity to the source segment (upscales only), flagged below
+    the threshold."""
+    return _changed(
+        conn,
+        """UPDATE segments SET status = 'generated', ssim = %s, psnr = %s, comparison_key = %s,
+                  similarity_flagged = CASE WHEN %s::float8 IS NULL THEN NULL ELSE %s::float8 < %s END
+           WHERE id = %s AND status IN ('pending', 'generating', 'failed')""",
+        [ssim, psnr, comparison_key, ssim, ssim, similarity_threshold, segment_id],
+    )
+
+
+def fail_segment(conn: psycopg.Connection, segment_id: int) -> bool:
+    """pending | generating → failed: its last attempt failed and no retry is left."""
+    return _changed(
+        conn, "UPDATE segments SET status = 'failed' WHERE id = %s AND status IN ('pending', 'generating')",
+        [segment_id])
+
+
+def reset_failed_segments(conn: psycopg.Connection, segment_ids: list[int]) -> list[int]:
+    """failed → pending, for a manual retry; returns the ids that were failed."""
+    rows = conn.execute(
+        "UPDATE segments SET status = 'pending' WHERE id = ANY(%s) AND status = 'failed' RETURNING id",
+        [segment_ids]).fetchall()
+    return [r["id"] for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation jobs
+
+
+def queue_attempt(conn: psycopg.Connection, segment_id: int) -> GenerationRequested:
+    """Queue the segment's next attempt (the first, or a retry: earlier attempts stay as they
+    were) and return the generation.requested event that asks for it."""
+    job = conn.execute(
+        """INSERT INTO generation_jobs (segment_id, attempt)
+           SELECT %s, COALESCE(max(attempt), 0) + 1 FROM generation_jobs WHERE segment_id = %s
+           RETURNING id, attempt""",
+        [segment_id, segment_id],
+    ).fetchone()
+    segment = conn.execute(
+        """SELECT g.*, s.width, s.height, t.name AS tier FROM segments g JOIN scenes s ON s.id = g.scene_id
+           JOIN resolution_tiers t ON t.id = s.resolution_tier_id WHERE g.id = %s""",
+        [segment_id],
+    ).fetchone()
+    return GenerationRequested(job_id=job["id"], scene_id=segment["scene_id"], segment_id=segment_id,
+                               attempt=job["attempt"], tier=segment["tier"], width=segment["width"],
+                               height=segment["height"], recipe=recipe_of(segment))
+
+
+def record_dispatch(conn: psycopg.Connection, job_id: int, dispatcher: str, external_job_id: str) -> bool:
+    """Note where an unfinished job was handed (its dispatcher and that dispatcher's id for it)."""
+    return _changed(
+        conn,
+        "UPDATE generation_jobs SET dispatcher = %s, external_job_id = %s WHERE id = %s AND status IN ('queued', 'running')",
+        [dispatcher, external_job_id, job_id],
+    )
+
+
+def job_progressed(conn: psycopg.Connection, job_id: int, fraction: float) -> bool:
+    """queued | running → running, progress only ever growing."""
+    return _changed(
+        conn,
+        """UPDATE generation_jobs SET status = 'running', started_at = COALESCE(started_at, now()),
+                  progress = GREATEST(progress, %s)
+           WHERE id = %s AND status IN ('queued', 'running')""",
+        [fraction, job_id],
+    )
+
+
+def job_succeeded(conn: psycopg.Connection, event: GenerationCompleted) -> bool:
+    """queued | running → succeeded, with the files and what rendering them took."""
+    return _changed(
+        conn,
+        """UPDATE generation_jobs
+           SET status = 'succeeded', progress = 1, started_at = COALESCE(started_at, now()), finished_at = now(),
+               device = %s, device_seconds = %s, video_key = %s, poster_key = %s, metadata_key = %s,
+               sha256 = %s, frames = %s
+           WHERE id = %s AND status IN ('queued', 'running')""",
+        [event.device, event.device_seconds, event.video_key, event.poster_key, event.metadata_key, event.sha256,
+         event.frames, event.job_id],
+    )
+
+
+def job_failed(conn: psycopg.Connection, job_id: int, reason: str) -> int | None:
+    """queued | running → failed with its reason; returns the attempt number (None: it had
+    finished already, and the report changes nothing)."""
+    row = conn.execute(
+        """UPDATE generation_jobs SET status = 'failed', error = %s, finished_at = now()
+           WHERE id = %s AND status IN ('queued', 'running') RETURNING attempt""",
+        [reason, job_id],
+    ).fetchone()
+    return row["attempt"] if row else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The retry policy of generation jobs
+
+
+def should_retry(attempt: int, max_attempts: int, retryable: bool) -> bool:
+    """A failed attempt gets another when the failure may pass and attempts are left."""
+    return retryable and attempt < max_attempts
+
+
+def retry_delay_seconds(attempt: int, base_seconds: float) -> float:
+    """How long attempt `attempt` waits before it starts: none for the first, the base pause for
+    the second, twice as long for each later one."""
+    return base_seconds * 2 ** (attempt - 2) if attempt > 1 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# A worker's report, applied to its job, segment and scene
+
+
+def apply_progress(conn: psycopg.Connection, event: GenerationProgress) -> str | None:
+    if not job_progressed(conn, event.job_id, event.step / event.total_steps):
+        return None  # the job finished before: a late report
+    start_segment(conn, event.segment_id)
+    start_scene(conn, event.scene_id)
+    return PROGRESS
+
+
+def apply_completed(conn: psycopg.Connection, event: GenerationCompleted, similarity_threshold: float) -> str | None:
+    if not job_succeeded(conn, event):
+        return None  # reported before, or the job was already given up on
+    finish_segment(conn, event.segment_id, ssim=event.ssim, psnr=event.psnr, comparison_key=event.comparison_key,
+                   similarity_threshold=similarity_threshold)
+    if finish_scene(conn, event.scene_id):
+        return GENERATED
+    start_scene(conn, event.scene_id)
+    return PROGRESS
+
+
+def apply_failed(conn: psycopg.Connection, event: GenerationFailed, max_attempts: int) -> str | None:
+    """RETRY when the caller must queue the next attempt (`queue_attempt`)."""
+    attempt = job_failed(conn, event.job_id, event.reason)
+    if attempt is None:
+        return None
+    if should_retry(attempt, max_attempts, event.retryable):
+        return RETRY
+    fail_segment(conn, event.segment_id)
+    return FAILED if fail_scene(conn, event.scene_id) else PROGRESS
+
+
+# ---------------------------------------------------------------------------------------------
+# Deliveries
+
+
+def complete_delivery(conn: psycopg.Connection, delivery_id: int, manifest_key: str) -> bool:
+    """requested → completed, with its manifest."""
+    return _changed(
+        conn,
+        """UPDATE deliveries SET status = 'completed', manifest_key = %s, finished_at = now()
+           WHERE id = %s AND status = 'requested'""",
+        [manifest_key, delivery_id],
+    )
+
+
+def reject_delivery(conn: psycopg.Connection, delivery_id: int, reasons: list[dict]) -> bool:
+    """requested → rejected, with every reason."""
+    return _changed(
+        conn,
+        "UPDATE deliveries SET status = 'rejected', reasons = %s, finished_at = now() WHERE id = %s AND status = 'requested'",
+        [Jsonb(reasons), delivery_id],
+    )

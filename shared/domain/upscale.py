@@ -1,0 +1,123 @@
+"""Upscaling: re-generating an approved scene at a higher tier with the identical recipe.
+
+Not super-resolution: the target scene is a new scene at the target tier, linked to its source
+(`upscaled_from_scene_id`), with the same aspect ratio and segments with the same prompts,
+seeds, frames, fps, steps, guidance, model and scheduler. Only the size changes, so the recipe
+hashes are equal. One target per source and tier: the database refuses a second one, so a
+repeated, redelivered or concurrent request returns the first.
+"""
+
+import psycopg
+
+from events import Event, UpscaleCompleted, UpscaleFailed, UpscaleProgress, UpscaleRequested
+from shared.domain import lifecycle, tiers
+from shared.domain.dimensions import AspectRatio
+from shared.domain.recipe import recipe_of
+from shared.domain.scenes import create_scene, latest_attempt, lock_scene
+from shared.errors import Conflict
+
+
+def upscale_scene(conn: psycopg.Connection, emit, scene_id: int, target_tier: str) -> tuple[int, bool]:
+    """Create (or find) the re-generation of `scene_id` at `target_tier`; returns (target id, created).
+
+    Runs in the caller's transaction. Refused, with the reason and nothing written: an unknown
+    scene or tier, a tier not above the source's, a source not fully generated, and a
+    deliverable target (Production) for a source that is not approved.
+    """
+    # 1. the source, locked so concurrent requests for it queue here
+    source = lock_scene(conn, scene_id)
+    target = tiers.get_tier(conn, target_tier)
+    if target.sort_order <= source["tier_sort_order"]:
+        raise Conflict(
+            f"scene {scene_id} is {source['tier']}; upscaling goes to a higher tier than {source['tier']}, "
+            f"and {target.name} is not higher"
+        )
+    existing = conn.execute(
+        "SELECT id FROM scenes WHERE upscaled_from_scene_id = %s AND resolution_tier_id = %s", [scene_id, target.id]
+    ).fetchone()
+    if existing:
+        return existing["id"], False
+    if source["status"] not in lifecycle.FULLY_GENERATED:
+        raise Conflict(f"scene {scene_id} is {source['status']}; only a fully generated scene can be upscaled")
+    if target.is_deliverable and source["status"] != "approved":
+        raise Conflict(
+            f"scene {scene_id} is not approved; approve it before upscaling to {target.label}: "
+            f"tierflow scenes approve {scene_id}"
+        )
+    # 2. the identical recipe, segment by segment
+    segments = conn.execute("SELECT * FROM segments WHERE scene_id = %s ORDER BY position", [scene_id]).fetchall()
+    recipes = [recipe_of(segment) for segment in segments]
+    aspect = AspectRatio(source["aspect_width"], source["aspect_height"])
+    # 3. the target scene and its jobs; the unique index is the final word on "one target"
+    with conn.transaction():
+        try:
+            target_id = create_scene(conn, emit, project=source["project"], name=source["name"], aspect=aspect,
+                                     tier=target, recipes=recipes, upscaled_from_scene_id=scene_id)
+        except psycopg.errors.UniqueViolation:
+            target_id = None
+    if target_id is None:  # created meanwhile by a request that did not wait on our lock
+        return conn.execute(
+            "SELECT id FROM scenes WHERE upscaled_from_scene_id = %s AND resolution_tier_id = %s",
+            [scene_id, target.id]).fetchone()["id"], False
+    return target_id, True
+
+
+def request_upscale(deps, scene_id: int, target_tier: str, requested_by: str | None = None) -> int:
+    """One click: create the target scene now (so its id can be shown) and record the request as
+    an `upscale.requested` event; its handler finds the same target and does nothing twice."""
+    with deps.uow() as uow:
+        target_id, _ = upscale_scene(uow.conn, uow.emit, scene_id, target_tier)
+        uow.emit(UpscaleRequested(source_scene_id=scene_id, target_tier=target_tier, requested_by=requested_by))
+    return target_id
+
+
+def set_auto_upscale(deps, project: str, tier: str | None) -> None:
+    """Set (or clear, with None) the tier a project's approved scenes are upscaled to automatically."""
+    with deps.uow() as uow:
+        tier_id = tiers.get_tier(uow.conn, tier).id if tier else None
+        updated = uow.conn.execute(
+            "UPDATE projects SET auto_upscale_to_tier_id = %s WHERE name = %s RETURNING id", [tier_id, project]
+        ).fetchone()
+        if updated is None:
+            uow.conn.execute("INSERT INTO projects (name, auto_upscale_to_tier_id) VALUES (%s, %s)", [project, tier_id])
+
+
+def auto_upscale_request(conn: psycopg.Connection, scene_id: int) -> UpscaleRequested | None:
+    """The upscale a project's policy asks for when one of its scenes is approved: to its
+    `auto_upscale_to` tier when that is above the scene's (progressive upscaling)."""
+    row = conn.execute(
+        """SELECT t.sort_order, auto.name AS auto_tier, auto.sort_order AS auto_sort_order
+           FROM scenes s JOIN resolution_tiers t ON t.id = s.resolution_tier_id JOIN projects p ON p.id = s.project_id
+           JOIN resolution_tiers auto ON auto.id = p.auto_upscale_to_tier_id
+           WHERE s.id = %s""",
+        [scene_id],
+    ).fetchone()
+    if row is None or row["auto_sort_order"] <= row["sort_order"]:
+        return None
+    return UpscaleRequested(source_scene_id=scene_id, target_tier=row["auto_tier"], requested_by="auto-upscale")
+
+
+def progress_events(conn: psycopg.Connection, scene_id: int, change: str) -> list[Event]:
+    """For an upscale target whose job reported `change` (lifecycle.PROGRESS, GENERATED or
+    FAILED): upscale.progress, then upscale.completed or upscale.failed; none for other scenes."""
+    scene = conn.execute(
+        f"""SELECT s.upscaled_from_scene_id, t.name AS tier,
+                   count(g.id) AS total, count(g.id) FILTER (WHERE g.status = 'generated') AS done,
+                   avg(COALESCE(j.progress, 0)) AS progress,
+                   (array_agg(j.error ORDER BY j.finished_at DESC) FILTER (WHERE g.status = 'failed'))[1] AS error
+            FROM scenes s JOIN resolution_tiers t ON t.id = s.resolution_tier_id JOIN segments g ON g.scene_id = s.id
+            {latest_attempt()}
+            WHERE s.id = %s GROUP BY s.id, t.name""",
+        [scene_id],
+    ).fetchone()
+    if scene is None or scene["upscaled_from_scene_id"] is None:
+        return []
+    ids = {"source_scene_id": scene["upscaled_from_scene_id"], "target_scene_id": scene_id,
+           "target_tier": scene["tier"]}
+    events: list[Event] = [UpscaleProgress(**ids, percent=round(100 * float(scene["progress"]), 1),
+                                           segments_done=scene["done"], segments_total=scene["total"])]
+    if change == lifecycle.GENERATED:
+        events.append(UpscaleCompleted(**ids))
+    elif change == lifecycle.FAILED:
+        events.append(UpscaleFailed(**ids, reason=f"segment generation failed: {scene['error']}"))
+    return events

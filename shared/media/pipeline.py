@@ -1,0 +1,211 @@
+"""Loading any diffusers pipeline onto a device and rendering one segment with it.
+
+Tiers change only the size: `render` takes everything else from the recipe, and the seeded
+generator makes the same recipe at the same size give the same frames bit for bit on one device.
+"""
+
+import inspect
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from events.models import MAX_SEED
+from shared.domain.dimensions import SIZE_STEP
+from shared.errors import InvalidInput, TierflowError
+from shared.media.models import ModelNotFound, HOW_TO_GET_A_MODEL, local_pipeline_dir, not_a_pipeline, validate_model
+
+
+def pick_device() -> str:
+    """"cuda" when a CUDA GPU is usable, else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _cpu_threads() -> int:
+    """CPUs this process may really use: its affinity, capped by a container's CPU quota.
+
+    More torch threads than free cores is far worse than too few: on our 2-core machine, 2
+    threads next to one other busy process ran 4x slower than 1 thread.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:  # cgroup v2, e.g. `docker run --cpus 2` or an AWS Batch vCPU count
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def quiet_progress_bars() -> None:
+    # Workers report progress as events; tqdm bars would only fill their logs. diffusers also
+    # warns that TextToVideoSDPipeline (the tiny model's class) is deprecated: true, and harmless
+    # here, since a real model brings its own pipeline class through from_pretrained.
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
+def _dtype_argument() -> str:
+    # diffusers 0.42 renamed from_pretrained's torch_dtype to dtype (the old name now warns);
+    # older releases, which pyproject still allows, know only torch_dtype.
+    import diffusers
+    from packaging.version import Version
+
+    return "dtype" if Version(diffusers.__version__) >= Version("0.42") else "torch_dtype"
+
+
+def load_pipeline(model: str, device: str, *, threads: int | None = None):
+    """Load a diffusers pipeline from a local directory or a hub id onto `device`.
+
+    Half precision on CUDA, full precision on CPU (where half is slow or unsupported). On CPU
+    torch uses `threads` threads, by default every CPU this process may use; give fewer when
+    several workers share the machine. Raises ModelNotFound with what to do when there is no
+    pipeline to load.
+    """
+    import torch
+    from diffusers import DiffusionPipeline
+
+    # 1. find it
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InvalidInput(f"threads {threads!r} must be a whole number of at least 1")
+    validate_model(model)
+    local = local_pipeline_dir(model)
+    source = str(local) if local else model
+
+    # 2. load it
+    quiet_progress_bars()
+    if device == "cpu":
+        torch.set_num_threads(threads or _cpu_threads())
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    try:
+        pipeline = DiffusionPipeline.from_pretrained(source, **{_dtype_argument(): dtype})
+    except OSError as exc:  # huggingface_hub's HTTP and cache errors are OSErrors too
+        if local:
+            raise not_a_pipeline(model, local, f"it is incomplete or unreadable: {exc}") from exc
+        raise ModelNotFound(
+            f"model {model!r} not found: it is not a local directory and could not be fetched from the "
+            f"Hugging Face Hub or its local cache ({exc}); {HOW_TO_GET_A_MODEL}"
+        ) from exc
+    pipeline = pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _render_problems(prompt, seed, frames, steps, guidance, width, height) -> list[str]:
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    problems = []
+    if not isinstance(prompt, str) or not prompt.strip():
+        problems.append("the prompt must be non-empty text")
+    for label, value in (("width", width), ("height", height)):
+        if not whole(value) or value < SIZE_STEP or value % SIZE_STEP:
+            problems.append(f"{label} {value!r} must be a positive multiple of {SIZE_STEP}")
+    if not whole(frames) or frames < 1:
+        problems.append(f"frames {frames!r} must be at least 1")
+    if not whole(steps) or steps < 1:
+        problems.append(f"steps {steps!r} must be at least 1")
+    if not whole(seed) or not 0 <= seed <= MAX_SEED:
+        problems.append(f"seed {seed!r} must be a whole number from 0 to {MAX_SEED}")
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance < math.inf:
+        problems.append(f"guidance {guidance!r} must be a finite number of at least 0")
+    return problems
+
+
+def _step_callback(pipeline, on_step: Callable[[int, int], None]) -> dict:
+    """Keyword arguments that make `pipeline` call `on_step(step, total)` after every step.
+
+    Current pipelines take `callback_on_step_end`; older ones, TextToVideoSDPipeline among them
+    (deprecated, but still the diffusers text-to-video pipeline with a UNet3D), only the legacy
+    `callback(step, timestep, latents)`.
+    """
+    parameters = inspect.signature(pipeline.__call__).parameters
+
+    def timesteps() -> int:
+        # The scheduler has been set up for this call by the time a step ends.
+        return len(pipeline.scheduler.timesteps)
+
+    if "callback_on_step_end" in parameters:
+        # Called once per timestep, so the number of timesteps is the total.
+        def on_step_end(_pipeline, index, _timestep, callback_kwargs):
+            on_step(index + 1, timesteps())
+            return callback_kwargs
+
+        return {"callback_on_step_end": on_step_end}
+    if "callback" in parameters:
+        # Called once per completed step: every `order` timesteps (1 for DDIM).
+        def callback(index, _timestep, _latents):
+            order = getattr(pipeline.scheduler, "order", 1)
+            on_step(index + 1, math.ceil(timesteps() / order))
+
+        return {"callback": callback, "callback_steps": 1}
+    raise TierflowError(f"{type(pipeline).__name__} offers no step callback, so progress cannot be reported")
+
+
+def _as_uint8_frames(video) -> np.ndarray:
+    """(frames, H, W, 3) uint8 from what a pipeline returns for output_type="np".
+
+    TextToVideoSDPipeline in diffusers 0.42 returns float32 in [0, 1] shaped
+    (batch, frames, H, W, 3); some pipelines drop the batch axis.
+    """
+    array = np.asarray(video)
+    if array.ndim == 5:
+        if array.shape[0] != 1:
+            raise TierflowError(f"the pipeline returned {array.shape[0]} videos for one prompt")
+        array = array[0]
+    if array.dtype != np.uint8:
+        # The same rounding diffusers uses when it makes PIL images from floats.
+        array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def render(
+    pipeline,
+    *,
+    prompt: str,
+    negative_prompt: str | None,
+    seed: int,
+    frames: int,
+    steps: int,
+    guidance: float,
+    width: int,
+    height: int,
+    device: str,
+    on_step: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Render one segment: uint8 RGB frames shaped (frames, height, width, 3).
+
+    The same pipeline, recipe and size on the same device give identical frames. `on_step(step,
+    total)` is called after every denoising step, step counting 1..total.
+    """
+    import torch
+
+    # 1. validate, before any work
+    problems = _render_problems(prompt, seed, frames, steps, guidance, width, height)
+    if problems:
+        raise InvalidInput("cannot render: " + "; ".join(problems))
+
+    # 2. sample
+    generator = torch.Generator(device).manual_seed(seed)
+    extra = _step_callback(pipeline, on_step) if on_step else {}
+    output = pipeline(
+        prompt=prompt, negative_prompt=negative_prompt, num_frames=frames, num_inference_steps=steps,
+        guidance_scale=guidance, width=width, height=height, generator=generator, output_type="np", **extra,
+    )
+
+    # 3. uint8 frames, checked: a model that ignores the size would break every tier comparison
+    video = _as_uint8_frames(output.frames)
+    if video.shape != (frames, height, width, 3):
+        raise TierflowError(
+            f"the model rendered frames shaped {video.shape} but {frames} frames of {width}x{height} RGB were "
+            "asked for; this model does not support that size or frame count"
+        )
+    return video
