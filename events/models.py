@@ -22,6 +22,7 @@ MAX_SCENES_PER_DELIVERY = 1000
 # Keeps a rejection well under Kafka's default 1 MB message limit (a reason is ~300 bytes).
 MAX_REJECTION_REASONS = 2000
 MAX_DEVICE_SECONDS = 366 * 24 * 3600  # a bound at all keeps the schema and the model in step
+MAX_TEXT = 2000  # characters of free text (a reason, a message, a summary) in one event
 
 
 def _json_integer(value: Any) -> Any:
@@ -31,6 +32,15 @@ def _json_integer(value: Any) -> Any:
         raise PydanticCustomError("int_type", "Input should be a valid integer")
     if isinstance(value, float) and value.is_integer():
         return int(value)
+    return value
+
+
+def _cut(value: Any) -> Any:
+    """Free text longer than MAX_TEXT is cut, ending in "…": an event about a failure must never
+    fail to be built because the failure's description is long (the full text stays where it
+    was written, in the database or the log)."""
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        return value[: MAX_TEXT - 1] + "…"
     return value
 
 
@@ -53,7 +63,7 @@ Size = Annotated[
     int, Field(ge=8, le=8192, multiple_of=8, description="Pixels, a multiple of 8."), BeforeValidator(_json_integer)
 ]
 Person = Annotated[str, Field(min_length=1, max_length=200, description="Who did it (user name or e-mail).")]
-Text = Annotated[str, Field(min_length=1, max_length=2000)]
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT), BeforeValidator(_cut)]
 ObjectKey = Annotated[str, Field(min_length=1, max_length=1024, description="An S3 object key.")]
 SceneIds = Annotated[
     list[Id],

@@ -24,10 +24,12 @@ from events import (
     ALL_TOPICS,
     EVENT_TYPES,
     CloudEvent,
+    GenerationFailed,
     InvalidEvent,
     Recipe,
     RejectionReason,
     SceneApproved,
+    UpscaleFailed,
     dlq_topic,
     envelope_for,
     parse_event,
@@ -636,3 +638,14 @@ def test_events_imports_only_the_standard_library_and_pydantic():
     # _sysconfigdata_* is the standard library's build description, named per platform.
     outside = {name for name in json.loads(result.stdout) if not name.startswith("_sysconfigdata")}
     assert outside <= {"pydantic", "pydantic_core", "typing_extensions", "annotated_types", "typing_inspection"}
+
+
+@pytest.mark.parametrize("build", [
+    lambda text: GenerationFailed(job_id=1, scene_id=2, segment_id=3, reason=text, retryable=True).reason,
+    lambda text: UpscaleFailed(source_scene_id=1, target_scene_id=None, target_tier="production", reason=text).reason,
+    lambda text: RejectionReason(code="FILE_MISSING", scene_id=1, tier="production", message=text).message,
+])
+def test_free_text_past_its_limit_is_cut_with_an_ellipsis_never_refused(build):
+    assert build("x" * 2000) == "x" * 2000
+    cut = build("y" * 2001 + "tail")
+    assert len(cut) == 2000 and cut == "y" * 1999 + "…"
