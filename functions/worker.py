@@ -6,9 +6,11 @@ scene's size with a seeded generator (CUDA in half precision when present, else 
 the MP4 with the tier's quality settings, and writes the MP4, a poster PNG and a metadata JSON
 under the job's own prefix in S3 (a re-run overwrites the same keys). It reports
 generation.progress after every denoising step and generation.completed or generation.failed
-with a reason a person understands.
+with a reason a person understands. A report is retried while the database is unreachable
+(TIERFLOW_REPORT_RETRY_SECONDS); one that still cannot be written is never claimed as sent.
 
-Exit status: 0 done, 3 failed and reported, 2 the job document itself is unreadable.
+Exit status: 0 done, 3 failed and reported, 2 the job document itself is unreadable, 4 a report
+could not be written (the dispatcher then reports the job as lost).
 """
 
 import argparse
@@ -18,14 +20,22 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 from pydantic import BaseModel, ConfigDict, Field
 
 from events import GenerationCompleted, GenerationFailed, GenerationProgress, Recipe
 from events.errors import InvalidEvent, validated
+from shared.adapters import db
+from shared.adapters.dispatch import WORKER_REPORTED_FAILURE
 from shared.bootstrap import Deps
 from shared.config import load_settings
-from shared.adapters.dispatch import WORKER_REPORTED_FAILURE
-from shared.errors import InvalidInput, TierflowError
+from shared.errors import InvalidInput, ServiceUnavailable, TierflowError
+
+WORKER_COULD_NOT_REPORT = 4
+
+
+class ReportNotWritten(TierflowError):
+    """A report of this job could not be written to the database, even after retrying."""
 
 
 class SourceSegment(BaseModel):
@@ -69,12 +79,19 @@ def _failure_reason(exc: BaseException, device: str) -> str:
 
 def run_job(deps: Deps, job: JobDocument) -> GenerationCompleted:
     """Render, encode, upload and report one job; raises after reporting a failure."""
+    from shared.media.models import ModelNotFound
     from shared.media.pipeline import load_pipeline, pick_device, render
     from shared.media.video import encode_mp4, poster_png
 
     def report(event) -> None:
-        with deps.uow() as uow:
-            uow.emit(event)
+        def write() -> None:
+            with deps.uow() as uow:
+                uow.emit(event)
+
+        try:
+            db.with_reconnect(write, for_seconds=deps.settings.report_retry_seconds)
+        except (psycopg.OperationalError, ServiceUnavailable) as exc:
+            raise ReportNotWritten(f"could not write {event.type} of job {job.job_id} to the database: {exc}") from exc
 
     ids = {"job_id": job.job_id, "scene_id": job.scene_id, "segment_id": job.segment_id}
     device = pick_device()
@@ -114,9 +131,12 @@ def run_job(deps: Deps, job: JobDocument) -> GenerationCompleted:
             device_seconds=round(device_seconds, 3), **similarity)
         report(completed)
         return completed
+    except ReportNotWritten:
+        raise  # the database is out of reach: a failure report would not be written either
     except Exception as exc:
+        # A bad recipe or a model that is not there fails the same way every time.
         report(GenerationFailed(**ids, reason=_failure_reason(exc, device),
-                                retryable=not isinstance(exc, InvalidInput)))
+                                retryable=not isinstance(exc, (InvalidInput, ModelNotFound))))
         raise
 
 
@@ -157,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     deps = Deps(load_settings(), source="urn:tierflow:worker")
     try:
         completed = run_job(deps, job)
+    except ReportNotWritten as exc:
+        print(f"tierflow worker: job {job.job_id}: {exc}; nothing was reported", file=sys.stderr)
+        return WORKER_COULD_NOT_REPORT
     except Exception as exc:  # noqa: BLE001 - reported as generation.failed already
-        print(f"tierflow worker: job {job.job_id} failed: {exc}", file=sys.stderr)
+        print(f"tierflow worker: job {job.job_id} failed (reported): {exc}", file=sys.stderr)
         return WORKER_REPORTED_FAILURE
     print(json.dumps(completed.model_dump(mode="json")))
     return 0

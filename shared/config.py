@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     local_workers: int = Field(default=1, ge=1, le=64, description="Worker processes the local dispatcher runs at once.")
     max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts per generation job before it fails for good.")
     retry_backoff_seconds: float = Field(default=2.0, ge=0, le=3600, description="Pause before a retry; doubles each time.")
+    report_retry_seconds: float = Field(
+        default=120.0, ge=0, le=3600,
+        description="How long a worker keeps trying to write a job's report while the database is unreachable.",
+    )
     similarity_threshold: float = Field(
         default=0.5, ge=-1, le=1,
         description="An upscaled segment whose SSIM against its source is below this is flagged for review.",
@@ -113,6 +117,7 @@ class Settings(BaseSettings):
             "local_workers": str(self.local_workers),
             "max_attempts": str(self.max_attempts),
             "retry_backoff_seconds": str(self.retry_backoff_seconds),
+            "report_retry_seconds": str(self.report_retry_seconds),
             "similarity_threshold": str(self.similarity_threshold),
             "draft_retention_days": str(self.draft_retention_days),
             "api_keys": "****" if self.api_keys else f"(keys file {self.api_keys_file})",

@@ -7,8 +7,11 @@ after it was applied is noticed instead of silently diverging.
 
 import hashlib
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
+from typing import TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
@@ -18,6 +21,7 @@ from shared.errors import SchemaNotReady, ServiceUnavailable
 MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Any fixed number: serialises concurrent `db migrate` runs on one database.
 MIGRATION_LOCK_KEY = 5_921_347_001
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,23 @@ def connect(url: str) -> psycopg.Connection:
     except psycopg.OperationalError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ServiceUnavailable(f"cannot connect to PostgreSQL: {first_line}") from exc
+
+
+def with_reconnect(action: Callable[[], T], *, for_seconds: float, first_pause: float = 0.2,
+                   longest_pause: float = 5.0) -> T:
+    """Run `action` (which opens its own connection) and, while PostgreSQL is unreachable or the
+    connection drops, again after a pause that doubles up to `longest_pause`, for up to
+    `for_seconds` in all; then the last error is raised."""
+    deadline = time.monotonic() + for_seconds
+    pause = first_pause
+    while True:
+        try:
+            return action()
+        except (psycopg.OperationalError, ServiceUnavailable):
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(2 * pause, longest_pause)
 
 
 def available_migrations() -> list[Migration]:

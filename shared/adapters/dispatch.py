@@ -38,6 +38,7 @@ def worker_environment(deps) -> dict[str, str]:
         "TIERFLOW_DATABASE_URL": deps.database_url,
         "TIERFLOW_S3_BUCKET": settings.s3_bucket,
         "TIERFLOW_AWS_REGION": settings.aws_region,
+        "TIERFLOW_REPORT_RETRY_SECONDS": str(settings.report_retry_seconds),
     }
     if settings.s3_endpoint_url:
         env["TIERFLOW_S3_ENDPOINT_URL"] = settings.s3_endpoint_url

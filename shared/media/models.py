@@ -5,7 +5,7 @@ import fcntl
 import re
 from pathlib import Path
 
-from shared.errors import NotFound
+from shared.errors import NotFound, ServiceUnavailable
 
 MODEL_INDEX = "model_index.json"
 # "org/name" as the Hugging Face Hub spells repository ids.
@@ -14,7 +14,13 @@ HOW_TO_GET_A_MODEL = "build the tiny one with `tierflow model tiny DIR` or give 
 
 
 class ModelNotFound(NotFound):
-    """The model a job names is neither a diffusers pipeline directory nor a fetchable hub id."""
+    """The model a job names is neither a diffusers pipeline directory nor a hub id the Hub has:
+    every attempt would fail the same way."""
+
+
+class ModelUnreachable(ServiceUnavailable):
+    """A hub model is not cached here and the Hugging Face Hub did not answer: a later attempt
+    may fetch it."""
 
 
 def not_a_pipeline(model: str, path: Path, why: str) -> ModelNotFound:

@@ -15,7 +15,8 @@ import numpy as np
 from events.models import MAX_SEED
 from shared.domain.dimensions import SIZE_STEP
 from shared.errors import InvalidInput, TierflowError
-from shared.media.models import ModelNotFound, HOW_TO_GET_A_MODEL, local_pipeline_dir, not_a_pipeline, validate_model
+from shared.media.models import (HOW_TO_GET_A_MODEL, ModelNotFound, ModelUnreachable, local_pipeline_dir,
+                                 not_a_pipeline, validate_model)
 
 
 def pick_device() -> str:
@@ -68,7 +69,7 @@ def load_pipeline(model: str, device: str, *, threads: int | None = None):
     Half precision on CUDA, full precision on CPU (where half is slow or unsupported). On CPU
     torch uses `threads` threads, by default every CPU this process may use; give fewer when
     several workers share the machine. Raises ModelNotFound with what to do when there is no
-    pipeline to load.
+    pipeline to load, ModelUnreachable when a hub model could not be fetched (a retry may).
     """
     import torch
     from diffusers import DiffusionPipeline
@@ -90,13 +91,32 @@ def load_pipeline(model: str, device: str, *, threads: int | None = None):
     except OSError as exc:  # huggingface_hub's HTTP and cache errors are OSErrors too
         if local:
             raise not_a_pipeline(model, local, f"it is incomplete or unreadable: {exc}") from exc
-        raise ModelNotFound(
-            f"model {model!r} not found: it is not a local directory and could not be fetched from the "
-            f"Hugging Face Hub or its local cache ({exc}); {HOW_TO_GET_A_MODEL}"
+        if _hub_refused(exc):
+            raise ModelNotFound(
+                f"model {model!r} not found: it is not a local directory and the Hugging Face Hub has no such "
+                f"model, or not for this account ({exc}); {HOW_TO_GET_A_MODEL}"
+            ) from exc
+        raise ModelUnreachable(
+            f"model {model!r} not found locally and could not be fetched: it is not in the local cache and the "
+            f"Hugging Face Hub did not answer ({exc}); a later attempt tries again"
         ) from exc
     pipeline = pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def _hub_refused(exc: BaseException | None) -> bool:
+    """The Hub answered that the model (or a file of it) is not there for us, somewhere in the
+    chain of causes diffusers wraps it in; not a connection failure or a cache miss offline."""
+    from huggingface_hub import errors
+
+    refused = (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.DisabledRepoError)
+    while exc is not None:
+        if isinstance(exc, refused) or (
+                isinstance(exc, errors.EntryNotFoundError) and not isinstance(exc, errors.LocalEntryNotFoundError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _render_problems(prompt, seed, frames, steps, guidance, width, height) -> list[str]:
