@@ -65,6 +65,8 @@ Size = Annotated[
 Person = Annotated[str, Field(min_length=1, max_length=200, description="Who did it (user name or e-mail).")]
 Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT), BeforeValidator(_cut)]
 ObjectKey = Annotated[str, Field(min_length=1, max_length=1024, description="An S3 object key.")]
+BatchSize = Annotated[int, Field(ge=1, le=1024), BeforeValidator(_json_integer)]
+WorkerId = Annotated[str, Field(min_length=1, max_length=200, description="The worker that ran it, e.g. host:pid.")]
 SceneIds = Annotated[
     list[Id],
     Field(min_length=1, max_length=MAX_SCENES_PER_DELIVERY, json_schema_extra={"uniqueItems": True}),
@@ -231,7 +233,16 @@ class GenerationCompleted(Event):
     height: Size
     frames: Integer = Field(ge=1)
     device: str = Field(min_length=1, max_length=200, description="Where it ran, e.g. cuda:0 or cpu.")
-    device_seconds: float = Field(ge=0, le=MAX_DEVICE_SECONDS)
+    device_seconds: float = Field(ge=0, le=MAX_DEVICE_SECONDS, description="Rendering (denoising and decoding) only.")
+    # What the attempt really cost (absent from workers older than these fields).
+    load_seconds: float | None = Field(
+        default=None, ge=0, le=MAX_DEVICE_SECONDS, description="Loading the pipeline; 0 when it was loaded already.")
+    held_seconds: float | None = Field(
+        default=None, ge=0, le=MAX_DEVICE_SECONDS,
+        description="How long the worker held its device for the job: from taking it to its result, loading, "
+                    "rendering, encoding and uploading included.")
+    worker_id: WorkerId | None = None
+    batch_size: BatchSize | None = Field(default=None, description="Samples rendered in one pipeline call.")
     # Upscales only: the target's frames downscaled to the source size against the source's.
     ssim: float | None = Field(default=None, ge=-1, le=1, description="Mean SSIM against the source segment.")
     psnr: float | None = Field(default=None, ge=0, le=100, description="Mean PSNR (dB) against the source segment.")
@@ -249,6 +260,9 @@ class GenerationFailed(Event):
     segment_id: Id
     reason: Text
     retryable: bool
+    held_seconds: float | None = Field(
+        default=None, ge=0, le=MAX_DEVICE_SECONDS, description="How long the worker held its device before it failed.")
+    worker_id: WorkerId | None = None
 
 
 # ---------------------------------------------------------------------------------------------

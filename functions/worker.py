@@ -16,6 +16,8 @@ could not be written (the dispatcher then reports the job as lost).
 import argparse
 import hashlib
 import json
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -25,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from events import GenerationCompleted, GenerationFailed, GenerationProgress, Recipe
 from events.errors import InvalidEvent, validated
+from infra.process import age_seconds
 from shared.adapters import db
 from shared.adapters.dispatch import WORKER_REPORTED_FAILURE
 from shared.bootstrap import Deps
@@ -32,6 +35,7 @@ from shared.config import load_settings
 from shared.errors import InvalidInput, ServiceUnavailable, TierflowError
 
 WORKER_COULD_NOT_REPORT = 4
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class ReportNotWritten(TierflowError):
@@ -77,8 +81,14 @@ def _failure_reason(exc: BaseException, device: str) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_job(deps: Deps, job: JobDocument) -> GenerationCompleted:
-    """Render, encode, upload and report one job; raises after reporting a failure."""
+def run_job(deps: Deps, job: JobDocument, held_since: float | None = None) -> GenerationCompleted:
+    """Render, encode, upload and report one job; raises after reporting a failure.
+
+    The report says what the job cost: the render, the pipeline load, and the time this worker
+    held its device for the job since `held_since` (time.monotonic() when it took the job; by
+    default now), everything it did for the job included.
+    """
+    held_since = time.monotonic() if held_since is None else held_since
     from shared.media.models import ModelNotFound
     from shared.media.pipeline import load_pipeline, pick_device, render
     from shared.media.video import encode_mp4, poster_png
@@ -94,10 +104,13 @@ def run_job(deps: Deps, job: JobDocument) -> GenerationCompleted:
             raise ReportNotWritten(f"could not write {event.type} of job {job.job_id} to the database: {exc}") from exc
 
     ids = {"job_id": job.job_id, "scene_id": job.scene_id, "segment_id": job.segment_id}
+    worker = {"worker_id": WORKER_ID}
     device = pick_device()
     try:
         recipe = job.recipe
+        started = time.monotonic()
         pipeline = load_pipeline(recipe.model, device)
+        load_seconds = time.monotonic() - started
         started = time.monotonic()
         frames = render(
             pipeline, prompt=recipe.prompt, negative_prompt=recipe.negative_prompt, seed=recipe.seed,
@@ -128,7 +141,8 @@ def run_job(deps: Deps, job: JobDocument) -> GenerationCompleted:
         completed = GenerationCompleted(
             **ids, video_key=keys["video.mp4"], poster_key=keys["poster.png"], metadata_key=keys["metadata.json"],
             sha256=sha256, width=job.width, height=job.height, frames=int(frames.shape[0]), device=device,
-            device_seconds=round(device_seconds, 3), **similarity)
+            device_seconds=round(device_seconds, 3), load_seconds=round(load_seconds, 3), batch_size=1,
+            held_seconds=round(time.monotonic() - held_since, 3), **worker, **similarity)
         report(completed)
         return completed
     except ReportNotWritten:
@@ -136,7 +150,8 @@ def run_job(deps: Deps, job: JobDocument) -> GenerationCompleted:
     except Exception as exc:
         # A bad recipe or a model that is not there fails the same way every time.
         report(GenerationFailed(**ids, reason=_failure_reason(exc, device),
-                                retryable=not isinstance(exc, (InvalidInput, ModelNotFound))))
+                                retryable=not isinstance(exc, (InvalidInput, ModelNotFound)),
+                                held_seconds=round(time.monotonic() - held_since, 3), **worker))
         raise
 
 
@@ -164,6 +179,8 @@ def read_job(path: str | None, inline: str | None) -> JobDocument:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m functions.worker --job FILE | --job-json JSON`."""
+    # A process per job holds its device from its start: starting Python and the imports count.
+    started = time.monotonic() - (age_seconds(os.getpid()) or 0.0)
     parser = argparse.ArgumentParser(prog="tierflow worker", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--job", metavar="JOB.json", help="job document written by the dispatcher")
@@ -176,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     deps = Deps(load_settings(), source="urn:tierflow:worker")
     try:
-        completed = run_job(deps, job)
+        completed = run_job(deps, job, held_since=started)
     except ReportNotWritten as exc:
         print(f"tierflow worker: job {job.job_id}: {exc}; nothing was reported", file=sys.stderr)
         return WORKER_COULD_NOT_REPORT

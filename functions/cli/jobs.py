@@ -75,6 +75,8 @@ def print_scene(scene: dict) -> None:
             line = f"    job {job['job_id']} attempt {job['attempt']}: {job['status']} {job['progress']:g}%"
             if job["device_seconds"] is not None:
                 line += f", {job['device_seconds']:.1f} s on {job['device']}"
+            if job["held_seconds"] is not None:
+                line += f" ({job['held_seconds']:.1f} s held by {job['worker_id']}, {job['load_seconds'] or 0:.1f} s loading)"
             print(line)
             if job["error"]:
                 print(f"    error: {job['error']}")
@@ -203,9 +205,11 @@ def cmd_usage(deps, args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print_table(["PROJECT", "TIER", "JOBS", "DEVICE-SECONDS"],
-                 [[r["project"], r["tier"], r["jobs"], f"{r['device_seconds']:.1f}"] for r in report["rows"]])
-    print(f"total: {report['total_device_seconds']:.1f} device-seconds")
+    print_table(["PROJECT", "TIER", "JOBS", "DEVICE-SECONDS", "HELD-SECONDS"],
+                 [[r["project"], r["tier"], r["jobs"], f"{r['device_seconds']:.1f}", f"{r['held_seconds']:.1f}"]
+                  for r in report["rows"]])
+    print(f"total: {report['total_device_seconds']:.1f} device-seconds rendering, "
+          f"{report['total_held_seconds']:.1f} held by workers (loading, encoding, uploading, failed attempts included)")
     return 0
 
 
@@ -286,7 +290,7 @@ def register(commands) -> None:
     listing.add_argument("--project", help="only this project's scenes")
     listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
 
-    add_command(commands, "usage", cmd_usage, "GPU time (device-seconds) per project and tier")
+    add_command(commands, "usage", cmd_usage, "GPU time (device-seconds rendering and held) per project and tier")
 
     project_commands = add_group(commands, "projects", "project settings")
     project_set = add_command(project_commands, "set", cmd_projects_set, "set a project's auto-upscale policy")

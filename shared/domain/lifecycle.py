@@ -154,26 +154,28 @@ def job_progressed(conn: psycopg.Connection, job_id: int, fraction: float) -> bo
 
 
 def job_succeeded(conn: psycopg.Connection, event: GenerationCompleted) -> bool:
-    """queued | running → succeeded, with the files and what rendering them took."""
+    """queued | running → succeeded, with the files and what they cost: the render, the load,
+    the time the worker held its device, which worker, how many samples one call rendered."""
     return _changed(
         conn,
         """UPDATE generation_jobs
            SET status = 'succeeded', progress = 1, started_at = COALESCE(started_at, now()), finished_at = now(),
                device = %s, device_seconds = %s, video_key = %s, poster_key = %s, metadata_key = %s,
-               sha256 = %s, frames = %s
+               sha256 = %s, frames = %s, load_seconds = %s, held_seconds = %s, worker_id = %s, batch_size = %s
            WHERE id = %s AND status IN ('queued', 'running')""",
         [event.device, event.device_seconds, event.video_key, event.poster_key, event.metadata_key, event.sha256,
-         event.frames, event.job_id],
+         event.frames, event.load_seconds, event.held_seconds, event.worker_id, event.batch_size, event.job_id],
     )
 
 
-def job_failed(conn: psycopg.Connection, job_id: int, reason: str) -> int | None:
-    """queued | running → failed with its reason; returns the attempt number (None: it had
-    finished already, and the report changes nothing)."""
+def job_failed(conn: psycopg.Connection, event: GenerationFailed) -> int | None:
+    """queued | running → failed with its reason (and what it held, when the worker says);
+    returns the attempt number (None: it had finished already, and the report changes nothing)."""
     row = conn.execute(
-        """UPDATE generation_jobs SET status = 'failed', error = %s, finished_at = now()
+        """UPDATE generation_jobs SET status = 'failed', error = %s, held_seconds = %s, worker_id = %s,
+                  finished_at = now()
            WHERE id = %s AND status IN ('queued', 'running') RETURNING attempt""",
-        [reason, job_id],
+        [event.reason, event.held_seconds, event.worker_id, event.job_id],
     ).fetchone()
     return row["attempt"] if row else None
 
@@ -218,7 +220,7 @@ def apply_completed(conn: psycopg.Connection, event: GenerationCompleted, simila
 
 def apply_failed(conn: psycopg.Connection, event: GenerationFailed, max_attempts: int) -> str | None:
     """RETRY when the caller must queue the next attempt (`queue_attempt`)."""
-    attempt = job_failed(conn, event.job_id, event.reason)
+    attempt = job_failed(conn, event)
     if attempt is None:
         return None
     if should_retry(attempt, max_attempts, event.retryable):

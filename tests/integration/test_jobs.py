@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import wait_for_scene
 from shared.domain import recipe, scenes
+from shared.domain.usage import device_seconds
 from shared.errors import InvalidInput, NotFound
 from shared.domain.recipe import SegmentSpec
 
@@ -124,3 +125,21 @@ def test_usage_counts_device_seconds_per_tier(gen_deps, run_cli, database_url):
     usage = json.loads(run_cli("usage", "--json", env={"TIERFLOW_DATABASE_URL": database_url}).stdout)
     assert usage["by_tier"]["draft"] > 0 and usage["by_project"]["fox"] == usage["total_device_seconds"]
     assert [(r["project"], r["tier"], r["jobs"]) for r in usage["rows"]] == [("fox", "draft", 1)]
+
+
+def test_every_attempt_records_what_it_cost_and_who_ran_it(gen_deps, conn):
+    scene_id = scenes.submit_scene(gen_deps, project="fox", name="s", aspect="16:9", segments=TWO_SEGMENTS)
+    scene = wait_for_scene(gen_deps, scene_id)
+    for segment in scene["segments"]:
+        job = segment["job"]
+        # A process per job: it loads the model every time, and holds its device longer than it renders.
+        assert job["render_seconds"] == job["device_seconds"] > 0 and job["load_seconds"] > 0
+        assert job["held_seconds"] >= job["load_seconds"] + job["render_seconds"]
+        host, pid = job["worker_id"].rsplit(":", 1)
+        assert host and int(pid) > 0 and job["batch_size"] == 1
+        assert segment["attempts"] == [{"job_id": job["job_id"], "attempt": 1, "status": "succeeded", "error": None,
+                                        "worker_id": job["worker_id"]}]
+    report = device_seconds(conn)
+    held = sum(s["job"]["held_seconds"] for s in scene["segments"])
+    assert report["total_held_seconds"] == pytest.approx(held, abs=0.01)
+    assert report["total_held_seconds"] > report["total_device_seconds"]

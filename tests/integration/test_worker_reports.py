@@ -119,8 +119,13 @@ def test_a_model_gone_from_its_directory_fails_at_once_not_after_every_retry(dat
         deps.close()
         embedded.stop(home)
     assert scene["status"] == "failed"
-    [job] = [s["job"] for s in scene["segments"]]
+    [segment] = scene["segments"]
+    job = segment["job"]
     assert job["attempt"] == 1 and "not found" in job["error"] and str(tmp_path / "model") in job["error"]
+    # The failed attempt held its worker too, and says so.
+    assert job["held_seconds"] > 0 and job["render_seconds"] is None
+    assert segment["attempts"] == [{"job_id": job["job_id"], "attempt": 1, "status": "failed", "error": job["error"],
+                                    "worker_id": job["worker_id"]}]
 
 
 def test_a_hub_model_that_cannot_be_fetched_is_retried_but_one_the_hub_refuses_is_not():
