@@ -17,13 +17,19 @@ directory or hub id, e.g. on a GPU box. Needs no database.
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from shared.media import tiny
-from shared.media import pipeline as media_pipeline
-from shared.domain.dimensions import generation_size, parse_aspect
+# Run as a script, Python puts bench/ first on sys.path, where bench/events.py would shadow the
+# `events` package the media code imports. Put the repository root there instead.
+_BENCH_DIR = Path(__file__).resolve().parent
+sys.path[:] = [str(_BENCH_DIR.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _BENCH_DIR]
+
+from shared.domain.dimensions import generation_size, parse_aspect  # noqa: E402 - after the path fix
+from shared.media import pipeline as media_pipeline  # noqa: E402
+from shared.media import tiny  # noqa: E402
 
 # The built-in tiers as seeded by the migrations: name, bounding box, configured speed factor.
 BUILTIN_TIERS = [

@@ -10,10 +10,10 @@ from shared.runtime import drive
 
 def cmd_deliver(deps, args) -> int:
     if args.check:
+        from shared.media.video import probe_video
+
         # The same rule the delivery handler applies, without recording a delivery.
         with deps.connect() as conn:
-            from shared.media.video import probe_video
-
             reasons = delivery.delivery_problems(conn, deps.s3, deps.bucket, args.project, args.scene_ids, probe_video)
         result = {"deliverable": not reasons, "reasons": [r.model_dump(mode="json") for r in reasons]}
         if args.json:
