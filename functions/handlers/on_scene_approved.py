@@ -9,7 +9,7 @@ nothing and requests nothing again.
 
 from events import SceneApproved
 from shared.domain import lifecycle, upscale
-from shared.domain.scenes import lock_scene
+from shared.domain.scenes import scene_row
 from shared.errors import Conflict
 from shared.runtime.consumer import Function
 from shared.runtime.ports import Ports
@@ -18,12 +18,13 @@ from shared.runtime.uow import UnitOfWork
 
 def handle(event: SceneApproved, uow: UnitOfWork, ports: Ports) -> None:
     """Apply one approval."""
-    scene = lock_scene(uow.conn, event.scene_id)  # concurrent approvals of it queue here
+    scene = scene_row(uow.conn, event.scene_id, for_update=True)  # concurrent approvals of it queue here
     if scene["status"] == "approved":
         return  # approved before: nothing happens twice
-    if not lifecycle.approve_scene(uow.conn, event.scene_id):
+    if scene["status"] != "generated":
         raise Conflict(f"scene {event.scene_id} is {scene['status']}; only a fully generated scene can be approved")
-    request = upscale.auto_upscale_request(uow.conn, event.scene_id)
+    lifecycle.approve_scene(uow.conn, event.scene_id)  # locked and generated: the guard holds
+    request = upscale.auto_upscale_request(scene)
     if request:
         uow.emit(request)
 

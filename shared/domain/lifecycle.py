@@ -7,8 +7,8 @@
   delivery: requested → completed | rejected
 
 Each transition is one guarded UPDATE (`… WHERE status IN (what it may come from)`), so a late,
-repeated or out-of-order event cannot move a row backwards; each says whether it changed
-anything. This is the only module that writes a status column (the schema's CHECKs are the
+repeated or out-of-order event cannot move a row backwards; each answers whether it moved a row
+(a `Transition`, read only when asked). This is the only module that writes a status column (the schema's CHECKs are the
 backstop). Every function runs in the caller's transaction.
 """
 
@@ -29,20 +29,36 @@ ACTIVE_JOB = ("queued", "running")
 PROGRESS, GENERATED, FAILED, RETRY = "progress", "generated", "failed", "retry"
 
 
-def _changed(conn: psycopg.Connection, sql: str, params) -> bool:
-    return conn.execute(sql + " RETURNING 1", params).fetchone() is not None
+class Transition:
+    """Whether one guarded UPDATE moved a row: true or false, read from the server only when asked.
+    In a pipeline (the runtime applies a batch in one), a transition whose answer nobody reads
+    costs no round trip of its own."""
+
+    __slots__ = ("_cursor", "_moved")
+
+    def __init__(self, cursor: psycopg.Cursor):
+        self._cursor, self._moved = cursor, None
+
+    def __bool__(self) -> bool:
+        if self._moved is None:
+            self._moved = self._cursor.fetchone() is not None
+        return self._moved
+
+
+def _changed(conn: psycopg.Connection, sql: str, params) -> Transition:
+    return Transition(conn.execute(sql + " RETURNING 1", params))
 
 
 # ---------------------------------------------------------------------------------------------
 # Scenes
 
 
-def start_scene(conn: psycopg.Connection, scene_id: int) -> bool:
+def start_scene(conn: psycopg.Connection, scene_id: int) -> Transition:
     """pending → generating: one of its jobs reported."""
     return _changed(conn, "UPDATE scenes SET status = 'generating' WHERE id = %s AND status = 'pending'", [scene_id])
 
 
-def finish_scene(conn: psycopg.Connection, scene_id: int) -> bool:
+def finish_scene(conn: psycopg.Connection, scene_id: int) -> Transition:
     """→ generated once every segment is generated (a failed scene whose last segment a late
     report completes included)."""
     return _changed(
@@ -54,20 +70,20 @@ def finish_scene(conn: psycopg.Connection, scene_id: int) -> bool:
     )
 
 
-def fail_scene(conn: psycopg.Connection, scene_id: int) -> bool:
+def fail_scene(conn: psycopg.Connection, scene_id: int) -> Transition:
     """pending | generating → failed: a segment failed for good."""
     return _changed(
         conn, "UPDATE scenes SET status = 'failed' WHERE id = %s AND status IN ('pending', 'generating')", [scene_id])
 
 
-def approve_scene(conn: psycopg.Connection, scene_id: int) -> bool:
+def approve_scene(conn: psycopg.Connection, scene_id: int) -> Transition:
     """generated → approved, with the time."""
     return _changed(
         conn, "UPDATE scenes SET status = 'approved', approved_at = now() WHERE id = %s AND status = 'generated'",
         [scene_id])
 
 
-def reopen_scene(conn: psycopg.Connection, scene_id: int) -> bool:
+def reopen_scene(conn: psycopg.Connection, scene_id: int) -> Transition:
     """failed → generating: its failed segments are being retried."""
     return _changed(conn, "UPDATE scenes SET status = 'generating' WHERE id = %s AND status = 'failed'", [scene_id])
 
@@ -76,14 +92,14 @@ def reopen_scene(conn: psycopg.Connection, scene_id: int) -> bool:
 # Segments
 
 
-def start_segment(conn: psycopg.Connection, segment_id: int) -> bool:
+def start_segment(conn: psycopg.Connection, segment_id: int) -> Transition:
     """pending → generating."""
     return _changed(
         conn, "UPDATE segments SET status = 'generating' WHERE id = %s AND status = 'pending'", [segment_id])
 
 
 def finish_segment(conn: psycopg.Connection, segment_id: int, *, ssim: float | None, psnr: float | None,
-                   comparison_key: str | None, similarity_threshold: float) -> bool:
+                   comparison_key: str | None, similarity_threshold: float) -> Transition:
     """→ generated, with the similarity to the source segment (upscales only), flagged below
     the threshold."""
     return _changed(
@@ -95,7 +111,7 @@ def finish_segment(conn: psycopg.Connection, segment_id: int, *, ssim: float | N
     )
 
 
-def fail_segment(conn: psycopg.Connection, segment_id: int) -> bool:
+def fail_segment(conn: psycopg.Connection, segment_id: int) -> Transition:
     """pending | generating → failed: its last attempt failed and no retry is left."""
     return _changed(
         conn, "UPDATE segments SET status = 'failed' WHERE id = %s AND status IN ('pending', 'generating')",
@@ -133,7 +149,7 @@ def queue_attempt(conn: psycopg.Connection, segment_id: int) -> GenerationReques
                                height=segment["height"], recipe=recipe_of(segment))
 
 
-def record_dispatch(conn: psycopg.Connection, job_id: int, dispatcher: str, external_job_id: str) -> bool:
+def record_dispatch(conn: psycopg.Connection, job_id: int, dispatcher: str, external_job_id: str) -> Transition:
     """Note where an unfinished job was handed (its dispatcher and that dispatcher's id for it)."""
     return _changed(
         conn,
@@ -142,7 +158,7 @@ def record_dispatch(conn: psycopg.Connection, job_id: int, dispatcher: str, exte
     )
 
 
-def job_progressed(conn: psycopg.Connection, job_id: int, fraction: float) -> bool:
+def job_progressed(conn: psycopg.Connection, job_id: int, fraction: float) -> Transition:
     """queued | running → running, progress only ever growing."""
     return _changed(
         conn,
@@ -153,7 +169,7 @@ def job_progressed(conn: psycopg.Connection, job_id: int, fraction: float) -> bo
     )
 
 
-def job_succeeded(conn: psycopg.Connection, event: GenerationCompleted) -> bool:
+def job_succeeded(conn: psycopg.Connection, event: GenerationCompleted) -> Transition:
     """queued | running → succeeded, with the files and what they cost: the render, the load,
     the time the worker held its device, which worker, how many samples one call rendered."""
     return _changed(
@@ -233,7 +249,7 @@ def apply_failed(conn: psycopg.Connection, event: GenerationFailed, max_attempts
 # Deliveries
 
 
-def complete_delivery(conn: psycopg.Connection, delivery_id: int, manifest_key: str) -> bool:
+def complete_delivery(conn: psycopg.Connection, delivery_id: int, manifest_key: str) -> Transition:
     """requested → completed, with its manifest."""
     return _changed(
         conn,
@@ -243,7 +259,7 @@ def complete_delivery(conn: psycopg.Connection, delivery_id: int, manifest_key: 
     )
 
 
-def reject_delivery(conn: psycopg.Connection, delivery_id: int, reasons: list[dict]) -> bool:
+def reject_delivery(conn: psycopg.Connection, delivery_id: int, reasons: list[dict]) -> Transition:
     """requested → rejected, with every reason."""
     return _changed(
         conn,

@@ -102,7 +102,7 @@ def approve(deps, scene_id: int, approved_by: str | None = None) -> str:
     """Publish `scene.approved` (its handler applies it); returns the event id. Refused at once,
     with the reason, for an unknown scene or one that is not fully generated."""
     with deps.uow() as uow:
-        scene = lock_scene(uow.conn, scene_id)
+        scene = scene_row(uow.conn, scene_id, for_update=True)
         if scene["status"] not in lifecycle.FULLY_GENERATED:
             raise Conflict(f"scene {scene_id} is {scene['status']}; only a fully generated scene can be approved")
         return uow.emit(SceneApproved(scene_id=scene_id, approved_by=approved_by))
@@ -112,7 +112,7 @@ def retry_failed_segments(deps, scene_id: int) -> list[int]:
     """Queue a new attempt of every failed segment of a scene (only those); returns the new job ids."""
     with deps.uow() as uow:
         conn = uow.conn
-        scene = lock_scene(conn, scene_id)
+        scene = scene_row(conn, scene_id, for_update=True)
         failed = [r["id"] for r in conn.execute(
             "SELECT id FROM segments WHERE scene_id = %s AND status = 'failed' ORDER BY position", [scene_id])]
         if not failed:
@@ -125,12 +125,16 @@ def retry_failed_segments(deps, scene_id: int) -> list[int]:
     return [request.job_id for request in requests]
 
 
-def lock_scene(conn: psycopg.Connection, scene_id: int) -> dict:
-    """The scene with its project and tier, locked: concurrent changes of it queue here."""
+def scene_row(conn: psycopg.Connection, scene_id: int, *, for_update: bool = False) -> dict:
+    """The scene's row with its project, its tier and the project's auto-upscale tier (`auto_tier`,
+    `auto_sort_order`, None without a policy); `for_update` locks it, so that concurrent changes
+    of the scene queue here."""
     row = conn.execute(
-        """SELECT s.*, p.name AS project, t.name AS tier, t.sort_order AS tier_sort_order
-           FROM scenes s JOIN projects p ON p.id = s.project_id JOIN resolution_tiers t ON t.id = s.resolution_tier_id
-           WHERE s.id = %s FOR UPDATE OF s""",
+        f"""SELECT s.*, p.name AS project, t.name AS tier, t.sort_order AS tier_sort_order,
+                   auto.name AS auto_tier, auto.sort_order AS auto_sort_order
+            FROM scenes s JOIN projects p ON p.id = s.project_id JOIN resolution_tiers t ON t.id = s.resolution_tier_id
+            LEFT JOIN resolution_tiers auto ON auto.id = p.auto_upscale_to_tier_id
+            WHERE s.id = %s{" FOR UPDATE OF s" if for_update else ""}""",
         [scene_id],
     ).fetchone()
     if row is None:

@@ -13,7 +13,7 @@ from events import Event, UpscaleCompleted, UpscaleFailed, UpscaleProgress, Upsc
 from shared.domain import lifecycle, tiers
 from shared.domain.dimensions import AspectRatio
 from shared.domain.recipe import recipe_of
-from shared.domain.scenes import create_scene, latest_attempt, lock_scene
+from shared.domain.scenes import create_scene, latest_attempt, scene_row
 from shared.errors import Conflict
 
 
@@ -25,7 +25,7 @@ def upscale_scene(conn: psycopg.Connection, emit, scene_id: int, target_tier: st
     deliverable target (Production) for a source that is not approved.
     """
     # 1. the source, locked so concurrent requests for it queue here
-    source = lock_scene(conn, scene_id)
+    source = scene_row(conn, scene_id, for_update=True)
     target = tiers.get_tier(conn, target_tier)
     if target.sort_order <= source["tier_sort_order"]:
         raise Conflict(
@@ -82,19 +82,12 @@ def set_auto_upscale(deps, project: str, tier: str | None) -> None:
             uow.conn.execute("INSERT INTO projects (name, auto_upscale_to_tier_id) VALUES (%s, %s)", [project, tier_id])
 
 
-def auto_upscale_request(conn: psycopg.Connection, scene_id: int) -> UpscaleRequested | None:
-    """The upscale a project's policy asks for when one of its scenes is approved: to its
-    `auto_upscale_to` tier when that is above the scene's (progressive upscaling)."""
-    row = conn.execute(
-        """SELECT t.sort_order, auto.name AS auto_tier, auto.sort_order AS auto_sort_order
-           FROM scenes s JOIN resolution_tiers t ON t.id = s.resolution_tier_id JOIN projects p ON p.id = s.project_id
-           JOIN resolution_tiers auto ON auto.id = p.auto_upscale_to_tier_id
-           WHERE s.id = %s""",
-        [scene_id],
-    ).fetchone()
-    if row is None or row["auto_sort_order"] <= row["sort_order"]:
+def auto_upscale_request(scene: dict) -> UpscaleRequested | None:
+    """The upscale a project's policy asks for when one of its scenes (`scenes.scene_row`) is
+    approved: to its `auto_upscale_to` tier when that is above the scene's (progressive upscaling)."""
+    if scene["auto_tier"] is None or scene["auto_sort_order"] <= scene["tier_sort_order"]:
         return None
-    return UpscaleRequested(source_scene_id=scene_id, target_tier=row["auto_tier"], requested_by="auto-upscale")
+    return UpscaleRequested(source_scene_id=scene["id"], target_tier=scene["auto_tier"], requested_by="auto-upscale")
 
 
 def progress_events(conn: psycopg.Connection, scene_id: int, change: str) -> list[Event]:

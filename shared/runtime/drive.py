@@ -64,7 +64,8 @@ def approval_settled(conn: psycopg.Connection, scene_id: int, event_id: str) -> 
     applied = conn.execute("SELECT 1 FROM processed_events WHERE event_id = %s", [event_id]).fetchone()
     if not applied:
         return False
-    return upscale.auto_upscale_request(conn, scene_id) is None or upscale_target_of(conn, scene_id) is not None
+    expects_target = upscale.auto_upscale_request(scenes.scene_row(conn, scene_id)) is not None
+    return not expects_target or upscale_target_of(conn, scene_id) is not None
 
 
 def delivery_decided(conn: psycopg.Connection, delivery_id: int) -> bool:
