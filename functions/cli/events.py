@@ -13,11 +13,11 @@ from datetime import datetime, timezone
 from events import ALL_TOPICS, EVENT_TYPES, envelope_for, topic_for
 from events.errors import validated
 from functions.cli.jobs import DEPLOYED, announce_orphans
-from functions.handlers.registry import FUNCTIONS
 from functions.cli.parsing import add_command, add_group
+from functions.handlers.registry import FUNCTIONS
+from shared.errors import InvalidInput, NotFound
 from shared.runtime import bus, dead_letters, outbox
 from shared.runtime.consumer import Function, Outcome
-from shared.errors import InvalidInput, NotFound
 
 
 def _functions(names: list[str]) -> list[Function]:

@@ -9,9 +9,8 @@ from pathlib import Path
 from functions.cli.parsing import add_command, add_group, print_table
 from functions.handlers.registry import FUNCTIONS
 from shared.domain import recipe, scenes, upscale, usage
-from shared.runtime import drive
 from shared.errors import InvalidInput
-
+from shared.runtime import drive
 
 DEPLOYED = list(FUNCTIONS.values())  # what `--wait` runs on the embedded bus
 

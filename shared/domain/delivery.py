@@ -7,7 +7,6 @@ a scene of a non-deliverable tier (a trigger), so a bug elsewhere cannot ship a 
 
 import hashlib
 import json
-
 from collections.abc import Callable
 
 import psycopg

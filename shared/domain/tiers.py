@@ -17,7 +17,8 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 
-from events.models import TIER_NAME_MAX_LENGTH as NAME_MAX_LENGTH, TIER_NAME_PATTERN
+from events.models import TIER_NAME_MAX_LENGTH as NAME_MAX_LENGTH
+from events.models import TIER_NAME_PATTERN
 from shared.domain.dimensions import SIZE_STEP, AspectRatio, generation_size
 from shared.errors import Conflict, InvalidInput, NotFound
 

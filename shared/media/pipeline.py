@@ -15,8 +15,14 @@ import numpy as np
 from events.models import MAX_SEED
 from shared.domain.dimensions import SIZE_STEP
 from shared.errors import InvalidInput, TierflowError
-from shared.media.models import (HOW_TO_GET_A_MODEL, ModelNotFound, ModelUnreachable, local_pipeline_dir,
-                                 not_a_pipeline, validate_model)
+from shared.media.models import (
+    HOW_TO_GET_A_MODEL,
+    ModelNotFound,
+    ModelUnreachable,
+    local_pipeline_dir,
+    not_a_pipeline,
+    validate_model,
+)
 
 
 def pick_device() -> str:

@@ -56,8 +56,7 @@ def build_tiny_model(directory: Path) -> Path:
     weights. Returns the directory, loadable with `load_pipeline(str(directory), device)`.
     """
     import torch
-    from diffusers import (AutoencoderKL, DDIMScheduler, TextToVideoSDPipeline,
-                           UNet3DConditionModel)
+    from diffusers import AutoencoderKL, DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     quiet_progress_bars()

@@ -16,6 +16,7 @@ from shared.runtime.consumer import Function, Message, Outcome, RetryPolicy, app
 from shared.runtime.dead_letters import record_on_bus
 from shared.runtime.outbox import listen_for_outbox, lock_unsent, mark_sent, wait_for_outbox
 
+
 def relay_to_bus(conn: psycopg.Connection, functions: Sequence[Function], limit: int = 1000) -> int:
     """Fan unsent outbox events out to the functions that take them; returns how many were relayed."""
     consumers = [f.name for f in functions for _ in f.consumes]

@@ -8,12 +8,11 @@ import urllib.request
 import boto3
 import pytest
 
-from shared.runtime import bus
-
-from shared.domain import scenes
 from shared.bootstrap import Deps
 from shared.config import Settings
+from shared.domain import scenes
 from shared.domain.recipe import SegmentSpec
+from shared.runtime import bus
 
 pytestmark = pytest.mark.integration
 

@@ -9,11 +9,10 @@ import json
 import psycopg
 import pytest
 
-from tests.conftest import run_until, wait_for_scene
 from shared.domain import delivery, scenes, upscale
-from shared.media.video import encode_mp4
 from shared.domain.recipe import SegmentSpec
-from tests.conftest import generation_deps
+from shared.media.video import encode_mp4
+from tests.conftest import generation_deps, run_until, wait_for_scene
 
 pytestmark = pytest.mark.integration
 

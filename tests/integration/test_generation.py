@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.media import models, tiny
-from shared.media import video as media_video
-from shared.media import pipeline as media_pipeline
 from shared.domain.dimensions import generation_size, parse_aspect
 from shared.errors import InvalidInput, NotFound
+from shared.media import models, tiny
+from shared.media import pipeline as media_pipeline
+from shared.media import video as media_video
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import run_until
 from functions.http.app import create_app
 from tests.conftest import API_KEYS as KEYS
-from tests.conftest import make_scene
+from tests.conftest import make_scene, run_until
 
 pytestmark = pytest.mark.integration
 

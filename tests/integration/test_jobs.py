@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from tests.conftest import wait_for_scene
 from shared.domain import recipe, scenes
+from shared.domain.recipe import SegmentSpec
 from shared.domain.usage import device_seconds
 from shared.errors import InvalidInput, NotFound
-from shared.domain.recipe import SegmentSpec
+from tests.conftest import wait_for_scene
 
 pytestmark = pytest.mark.integration
 

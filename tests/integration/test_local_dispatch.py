@@ -8,13 +8,12 @@ import time
 
 import pytest
 
-from tests.conftest import run_until
 from infra import embedded
-from shared.domain import scenes
 from shared.adapters.dispatch import LocalDispatcher, process_identity, redispatch_orphans
-from shared.domain.scenes import job_document
+from shared.domain import scenes
 from shared.domain.recipe import SegmentSpec
-from tests.conftest import generation_deps
+from shared.domain.scenes import job_document
+from tests.conftest import generation_deps, run_until
 
 pytestmark = pytest.mark.integration
 

@@ -8,12 +8,12 @@ import threading
 import pytest
 from PIL import Image
 
+from shared.bootstrap import Deps
+from shared.domain import scenes, upscale
+from shared.domain.recipe import SegmentSpec
+from shared.errors import Conflict, NotFound
 from shared.runtime.drive import approval_settled
 from tests.conftest import run_until, wait_for_scene
-from shared.domain import scenes, upscale
-from shared.bootstrap import Deps
-from shared.errors import Conflict, NotFound
-from shared.domain.recipe import SegmentSpec
 
 pytestmark = pytest.mark.integration
 

@@ -5,8 +5,8 @@ import stat
 
 import pytest
 
-from shared.domain import access
 from shared.config import Settings
+from shared.domain import access
 from shared.errors import Conflict, InvalidInput
 
 
