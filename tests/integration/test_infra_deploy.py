@@ -48,3 +48,21 @@ def test_an_unreachable_endpoint_is_one_clear_line(run_cli):
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert "cannot reach the localstack endpoint" in line
+
+
+@pytest.mark.parametrize("gpus", ["0", "2"])
+def test_the_job_definition_asks_for_what_each_submission_asks_for(moto_server, run_cli, gpus):
+    from shared.adapters.dispatch import batch_resource_requirements
+    from shared.config import Settings
+
+    env = {"TIERFLOW_S3_ENDPOINT_URL": moto_server, "TIERFLOW_DATABASE_URL": "postgresql://app:pw@db:5432/tierflow",
+           "TIERFLOW_BATCH_GPUS": gpus, "TIERFLOW_BATCH_VCPUS": "2"}
+    deployed = run_cli("infra", "deploy", "--target", "localstack", "--json", env=env)
+    assert deployed.returncode == 0, deployed.stderr
+    batch = boto3.client("batch", endpoint_url=moto_server, region_name="us-east-1")
+    [definition] = batch.describe_job_definitions(jobDefinitionName="tierflow-worker", status="ACTIVE")["jobDefinitions"]
+    defined = sorted((r["type"], r["value"]) for r in definition["containerProperties"]["resourceRequirements"])
+    submitted = sorted((r["type"], r["value"]) for r in batch_resource_requirements(
+        Settings(batch_gpus=int(gpus), batch_vcpus=2)))
+    assert defined == submitted
+    assert ("GPU", gpus) in defined if gpus != "0" else all(kind != "GPU" for kind, _ in defined)
