@@ -133,20 +133,20 @@ def reset_failed_segments(conn: psycopg.Connection, segment_ids: list[int]) -> l
 def queue_attempt(conn: psycopg.Connection, segment_id: int) -> GenerationRequested:
     """Queue the segment's next attempt (the first, or a retry: earlier attempts stay as they
     were) and return the generation.requested event that asks for it."""
+    # One statement: the insert, and what the request says (the recipe, the scene's size and tier).
     job = conn.execute(
-        """INSERT INTO generation_jobs (segment_id, attempt)
-           SELECT %s, COALESCE(max(attempt), 0) + 1 FROM generation_jobs WHERE segment_id = %s
-           RETURNING id, attempt""",
+        """WITH job AS (
+               INSERT INTO generation_jobs (segment_id, attempt)
+               SELECT %s, COALESCE(max(attempt), 0) + 1 FROM generation_jobs WHERE segment_id = %s
+               RETURNING id, attempt, segment_id)
+           SELECT job.id AS job_id, job.attempt, g.*, s.width, s.height, t.name AS tier
+           FROM job JOIN segments g ON g.id = job.segment_id JOIN scenes s ON s.id = g.scene_id
+           JOIN resolution_tiers t ON t.id = s.resolution_tier_id""",
         [segment_id, segment_id],
     ).fetchone()
-    segment = conn.execute(
-        """SELECT g.*, s.width, s.height, t.name AS tier FROM segments g JOIN scenes s ON s.id = g.scene_id
-           JOIN resolution_tiers t ON t.id = s.resolution_tier_id WHERE g.id = %s""",
-        [segment_id],
-    ).fetchone()
-    return GenerationRequested(job_id=job["id"], scene_id=segment["scene_id"], segment_id=segment_id,
-                               attempt=job["attempt"], tier=segment["tier"], width=segment["width"],
-                               height=segment["height"], recipe=recipe_of(segment))
+    return GenerationRequested(job_id=job["job_id"], scene_id=job["scene_id"], segment_id=segment_id,
+                               attempt=job["attempt"], tier=job["tier"], width=job["width"], height=job["height"],
+                               recipe=recipe_of(job))
 
 
 def record_dispatch(conn: psycopg.Connection, job_id: int, dispatcher: str, external_job_id: str) -> Transition:

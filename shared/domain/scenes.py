@@ -158,13 +158,17 @@ SEGMENT_QUERY = f"""
            g.ssim, g.psnr, g.comparison_key, g.similarity_flagged,
            j.id AS job_id, j.attempt, j.status AS job_status, j.progress, j.error, j.device, j.device_seconds,
            j.load_seconds, j.held_seconds, j.worker_id, j.batch_size,
-           j.video_key, j.poster_key, j.metadata_key, j.sha256
+           j.video_key, j.poster_key, j.metadata_key, j.sha256,
+           (SELECT COALESCE(json_agg(json_build_object('job_id', a.id, 'attempt', a.attempt, 'status', a.status,
+                                                       'error', a.error, 'worker_id', a.worker_id)
+                                     ORDER BY a.attempt), '[]')
+            FROM generation_jobs a WHERE a.segment_id = g.id) AS attempts
     FROM segments g {latest_attempt()}
     WHERE g.scene_id = %s ORDER BY g.position
 """
 
 
-def _segment_json(row: dict, attempts: list[dict]) -> dict:
+def _segment_json(row: dict) -> dict:
     return {
         "segment_id": row["id"], "position": row["position"], "status": row["status"],
         "recipe": {field: row[field] for field in RECIPE_FIELDS},
@@ -181,20 +185,14 @@ def _segment_json(row: dict, attempts: list[dict]) -> dict:
             "video": row["video_key"], "poster": row["poster_key"], "metadata": row["metadata_key"],
             "sha256": row["sha256"], "comparison": row["comparison_key"],
         },
-        "attempts": attempts,  # every attempt, oldest first: a failed one keeps its reason
+        "attempts": row["attempts"],  # every attempt, oldest first: a failed one keeps its reason
         # Upscaled segments only: similarity to the source segment, flagged below the threshold.
         "ssim": row["ssim"], "psnr": row["psnr"], "similarity_flagged": row["similarity_flagged"],
     }
 
 
 def _scene_json(conn: psycopg.Connection, row: dict) -> dict:
-    attempts: dict[int, list[dict]] = {}
-    for job in conn.execute(
-            """SELECT j.segment_id, j.id AS job_id, j.attempt, j.status, j.error, j.worker_id
-               FROM generation_jobs j JOIN segments g ON g.id = j.segment_id
-               WHERE g.scene_id = %s ORDER BY j.segment_id, j.attempt""", [row["id"]]):
-        attempts.setdefault(job.pop("segment_id"), []).append(job)
-    segments = [_segment_json(r, attempts.get(r["id"], [])) for r in conn.execute(SEGMENT_QUERY, [row["id"]])]
+    segments = [_segment_json(r) for r in conn.execute(SEGMENT_QUERY, [row["id"]])]
     progress = sum((s["job"] or {}).get("progress", 0) for s in segments) / len(segments) if segments else 0
     return {
         "scene_id": row["id"], "name": row["name"], "project": row["project"], "status": row["status"],
