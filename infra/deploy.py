@@ -15,7 +15,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from shared.adapters.dispatch import batch_resource_requirements
+from shared.adapters.dispatch import BATCH_WORKER_COMMAND, batch_resource_requirements
 from shared.errors import InvalidInput, ServiceUnavailable
 
 LOCALSTACK_ENDPOINT = "http://127.0.0.1:4566"
@@ -186,7 +186,7 @@ class _Deployer:
                       jobDefinitionName=settings.batch_job_definition, type="container",
                       retryStrategy={"attempts": 1},
                       containerProperties={
-                          "image": WORKER_IMAGE, "command": ["tierflow", "worker", "--job-json", "{}"],
+                          "image": WORKER_IMAGE, "command": BATCH_WORKER_COMMAND,
                           "resourceRequirements": batch_resource_requirements(settings)}),
                   detail=f"image {WORKER_IMAGE}, {settings.batch_gpus} GPU, {settings.batch_vcpus} vCPU, "
                          f"{settings.batch_memory_mib} MiB")

@@ -21,10 +21,13 @@ from shared.runtime.uow import UnitOfWork
 class Deps:
     """Connections and clients for one process, built lazily from `Settings`."""
 
-    def __init__(self, settings: Settings | None = None, source: str = "urn:tierflow:cli"):
+    def __init__(self, settings: Settings | None = None, source: str = "urn:tierflow:cli",
+                 idle_transaction_timeout: float | None = None):
         self.settings = settings or Settings()
         # CloudEvents `source` of the events this process emits.
         self.source = source
+        # See shared.adapters.db.connect: workers set it, so a hung one cannot keep jobs locked.
+        self.idle_transaction_timeout = idle_transaction_timeout
 
     @cached_property
     def database_url(self) -> str:
@@ -38,7 +41,7 @@ class Deps:
     def connect(self, check_schema: bool = True) -> psycopg.Connection:
         """A new autocommit connection. The embedded database is migrated on first use; an
         external one must be migrated explicitly (`tierflow db migrate`) and is checked."""
-        conn = db.connect(self.database_url)
+        conn = db.connect(self.database_url, self.idle_transaction_timeout)
         if check_schema and not self._schema_checked:
             try:
                 if self.settings.embedded_database:
@@ -92,7 +95,7 @@ class Deps:
         return self.settings.s3_bucket
 
     def close(self) -> None:
-        """Stop what this process started for jobs: the local dispatcher's queue and workers."""
+        """Stop what this process started for jobs: the local warm workers."""
         dispatcher = self.__dict__.get("dispatcher")  # only when it was ever used
         if dispatcher is not None and hasattr(dispatcher, "close"):
             dispatcher.close()

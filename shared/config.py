@@ -53,7 +53,22 @@ class Settings(BaseSettings):
     dispatcher: Literal["local", "batch"] = Field(
         default="local", description="Where generation jobs run: local worker processes, or AWS Batch."
     )
-    local_workers: int = Field(default=1, ge=1, le=64, description="Worker processes the local dispatcher runs at once.")
+    local_workers: int = Field(
+        default=1, ge=1, le=64,
+        description="Warm worker processes that serve, consume and every --wait command run on the embedded default.",
+    )
+    job_lease_seconds: float = Field(
+        default=60.0, ge=1, le=86400,
+        description="A claimed job's lease: a worker not heard from for this long has lost the job to a retry.",
+    )
+    worker_cache_models: int = Field(
+        default=1, ge=1, le=64, description="Pipelines a worker keeps loaded per slot (least recently used dropped).",
+    )
+    affinity_max_wait_seconds: float = Field(
+        default=30.0, ge=0, le=86400,
+        description="Longest a queued job waits while workers prefer jobs of their loaded model and last size.",
+    )
+    batch_max_workers: int = Field(default=4, ge=1, le=10000, description="Most AWS Batch worker jobs at once.")
     max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts per generation job before it fails for good.")
     retry_backoff_seconds: float = Field(default=2.0, ge=0, le=3600, description="Pause before a retry; doubles each time.")
     report_retry_seconds: float = Field(
@@ -115,6 +130,9 @@ class Settings(BaseSettings):
             "model": self.model or f"(tiny model under home: {self.model_path})",
             "dispatcher": self.dispatcher,
             "local_workers": str(self.local_workers),
+            "job_lease_seconds": str(self.job_lease_seconds),
+            "worker_cache_models": str(self.worker_cache_models),
+            "affinity_max_wait_seconds": str(self.affinity_max_wait_seconds),
             "max_attempts": str(self.max_attempts),
             "retry_backoff_seconds": str(self.retry_backoff_seconds),
             "report_retry_seconds": str(self.report_retry_seconds),
@@ -124,6 +142,7 @@ class Settings(BaseSettings):
             "batch_endpoint_url": self.batch_endpoint_url or "(AWS default)",
             "batch_job_queue": self.batch_job_queue,
             "batch_job_definition": self.batch_job_definition,
+            "batch_max_workers": str(self.batch_max_workers),
         }
 
 

@@ -112,15 +112,18 @@ def generation_deps(database_url: str, home, tiny_model: str, **overrides):
     from shared.bootstrap import Deps
     from shared.config import Settings
 
-    settings = {"max_attempts": 1, "retry_backoff_seconds": 0, "local_workers": 2, **overrides}
+    settings = {"max_attempts": 1, "retry_backoff_seconds": 0, **overrides}
     return Deps(Settings(database_url=database_url, home=home, model=tiny_model, **settings))
 
 
 @pytest.fixture
 def gen_deps(database_url, tmp_path, tiny_model):
-    """`generation_deps` on the test's database; its embedded S3 server is stopped afterwards."""
+    """`generation_deps` on the test's database; its local workers and embedded S3 server are
+    stopped afterwards."""
     home = tmp_path / "home"
-    yield generation_deps(database_url, home, tiny_model)
+    deps = generation_deps(database_url, home, tiny_model)
+    yield deps
+    deps.close()
     embedded.stop(home)
 
 
@@ -134,7 +137,9 @@ def api_deps(database_url, tmp_path, tiny_model):
     """`generation_deps` with API_KEYS configured (named "<role>-1")."""
     home = tmp_path / "home"
     keys = json.dumps([{"name": f"{role}-1", "role": role, "key": key} for role, key in API_KEYS.items()])
-    yield generation_deps(database_url, home, tiny_model, api_keys=keys)
+    deps = generation_deps(database_url, home, tiny_model, api_keys=keys)
+    yield deps
+    deps.close()
     embedded.stop(home)
 
 
@@ -146,7 +151,9 @@ def deps(database_url, tmp_path):
     from shared.config import Settings
 
     home = tmp_path / "home"
-    yield Deps(Settings(database_url=database_url, home=home))
+    deps = Deps(Settings(database_url=database_url, home=home))
+    yield deps
+    deps.close()
     embedded.stop(home)
 
 

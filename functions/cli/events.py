@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 from events import ALL_TOPICS, EVENT_TYPES, envelope_for, topic_for
 from events.errors import validated
-from functions.cli.jobs import DEPLOYED, announce_orphans
+from functions.cli.jobs import DEPLOYED, start_runtime_workers
 from functions.cli.parsing import add_command, add_group
 from functions.handlers.registry import FUNCTIONS
 from shared.errors import InvalidInput, NotFound
@@ -190,12 +190,12 @@ def cmd_consume(deps, args) -> int:
     functions = _functions(args.functions)
     stop = _stop_on_signals()
     if any(f.name == "on_generation_requested" for f in functions):
-        announce_orphans(deps)
+        start_runtime_workers(deps, stop)
     try:
         return _consume(deps, args, functions, stop)
     finally:
-        if stop.is_set():
-            deps.close()  # stopped by a signal: waiting and running jobs are picked up again by the next start
+        stop.set()
+        deps.close()  # the local workers finish or give back their jobs; queued ones wait for the next start
 
 
 def _consume(deps, args, functions, stop) -> int:

@@ -1,14 +1,16 @@
-"""`tierflow jobs …`, `scenes …`, `usage`, `model tiny` and `worker`: generation from the command line."""
+"""`tierflow jobs …`, `scenes …`, `usage`, `model tiny`, `worker` and `workers`: generation from the command line."""
 
 import argparse
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
+from functions import worker
 from functions.cli.parsing import add_command, add_group, print_table
 from functions.handlers.registry import FUNCTIONS
-from shared.domain import recipe, scenes, upscale, usage
+from shared.domain import fleet, recipe, scenes, upscale, usage
 from shared.errors import InvalidInput
 from shared.runtime import drive
 
@@ -108,11 +110,22 @@ def wait_for_scene(deps, scene_id: int) -> dict:
     return scene
 
 
-def announce_orphans(deps) -> None:
-    """Run again the local jobs a process that is gone left unfinished, and say so."""
-    recovered = drive.rerun_orphaned_jobs(deps)
-    if recovered:
-        print(f"generation jobs {', '.join(map(str, recovered))} lost their worker; running them again", flush=True)
+def start_runtime_workers(deps, stop) -> threading.Thread:
+    """What `serve` and `consume` run besides the handlers: the lease sweeper (a thread, until
+    `stop` is set) and, on the embedded default, the warm local workers. Jobs whose workers were
+    lost already are failed and retried at once, and said so."""
+    lost = drive.sweep_lost_jobs(deps)
+    if lost:
+        print(f"generation jobs {', '.join(map(str, lost))} lost their worker; their next attempts are queued",
+              flush=True)
+    if deps.settings.dispatcher == "local":
+        deps.dispatcher.ensure_workers()
+        print(f"{deps.settings.local_workers} local worker(s) serving (logs in "
+              f"{deps.settings.home.resolve() / 'logs'})", flush=True)
+    sweeper = threading.Thread(target=drive.sweep_leases_until, name="lease-sweeper", daemon=True,
+                               args=(deps, stop.is_set, lambda line: print(line, flush=True)))
+    sweeper.start()
+    return sweeper
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,32 +211,59 @@ def cmd_projects_set(deps, args) -> int:
     return 0
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
 def cmd_usage(deps, args) -> int:
     with deps.connect() as conn:
         report = usage.device_seconds(conn)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print_table(["PROJECT", "TIER", "JOBS", "DEVICE-SECONDS", "HELD-SECONDS"],
-                 [[r["project"], r["tier"], r["jobs"], f"{r['device_seconds']:.1f}", f"{r['held_seconds']:.1f}"]
+    print_table(["PROJECT", "TIER", "JOBS", "RENDER-SECONDS", "HELD-SECONDS"],
+                 [[r["project"], r["tier"], r["jobs"], f"{r['render_seconds']:.1f}", f"{r['held_seconds']:.1f}"]
                   for r in report["rows"]])
     print(f"total: {report['total_device_seconds']:.1f} device-seconds rendering, "
           f"{report['total_held_seconds']:.1f} held by workers (loading, encoding, uploading, failed attempts included)")
+    for name, project in report["projects"].items():
+        if project["saving"] is not None:
+            print(f"project {name}: {project['held_seconds']:.1f} held device-seconds where rendering every scene at "
+                  f"{project['final_tier']} would have held {project['at_final_tier_seconds']:.1f}: "
+                  f"saved {_percent(project['saving'])}")
+    fleet_use = report["fleet"]
+    print(f"fleet: {fleet_use['workers']} worker(s), busy {fleet_use['busy_seconds']:.1f} of "
+          f"{fleet_use['alive_seconds']:.1f} slot-seconds alive ({_percent(fleet_use['utilisation'])} utilisation)")
     return 0
 
 
 def cmd_jobs_follow(deps, args) -> int:
-    if deps.settings.dispatcher != "batch":
-        print("nothing to follow: the local dispatcher reports its workers' failures itself")
-        return 0
     while True:
-        with deps.uow() as uow:
-            reported = deps.dispatcher.follow(uow.conn, uow.emit)
-        if reported:
-            print(f"reported {reported} AWS Batch job(s) that ended without a result", flush=True)
+        lost = drive.sweep_lost_jobs(deps)
+        if lost:
+            print(f"generation jobs {', '.join(map(str, lost))} lost their worker; their next attempts are queued",
+                  flush=True)
+        if deps.settings.dispatcher == "batch":
+            with deps.uow() as uow:
+                submitted = deps.dispatcher.ensure_workers(uow.conn)
+            if submitted:
+                print(f"submitted {submitted} AWS Batch worker job(s) for the queue", flush=True)
         if args.once:
             return 0
         time.sleep(args.interval)
+
+
+def cmd_workers_list(deps, args) -> int:
+    with deps.connect() as conn:
+        workers = fleet.list_workers(conn, silent_after_seconds=deps.settings.job_lease_seconds, everyone=args.all)
+    if args.json:
+        print(json.dumps(workers, indent=2))
+        return 0
+    print_table(["WORKER", "STATE", "DEVICE", "JOB", "JOBS-DONE", "BUSY-S", "ALIVE-S", "CACHED"],
+                 [[w["worker_id"], w["state"], w["device"], ",".join(map(str, w["job_ids"])) or "-", w["jobs_done"],
+                   f"{w['busy_seconds']:.1f}", f"{w['alive_seconds']:.1f}", ", ".join(w["cached_models"]) or "-"]
+                  for w in workers])
+    return 0
 
 
 def cmd_model_tiny(deps, args) -> int:
@@ -235,9 +275,7 @@ def cmd_model_tiny(deps, args) -> int:
 
 
 def cmd_worker(deps, args) -> int:
-    from functions import worker
-
-    return worker.main(["--job", args.job] if args.job else ["--job-json", args.job_json])
+    return worker.run(args)
 
 
 def register(commands) -> None:
@@ -264,8 +302,8 @@ def register(commands) -> None:
     submit.add_argument("--wait", action="store_true", help="follow the scene to the end with a progress bar")
 
     follow = add_command(job_commands, "follow", cmd_jobs_follow,
-                         "report AWS Batch jobs that ended without a result (failed to start, killed)",
-                         json_output=False)
+                         "retry jobs whose worker was lost (expired leases) and, on AWS Batch, submit workers for "
+                         "the queue", json_output=False)
     follow.add_argument("--once", action="store_true", help="check once and exit")
     follow.add_argument("--interval", type=float, default=30.0, help="seconds between checks (default 30)")
 
@@ -302,8 +340,12 @@ def register(commands) -> None:
                        "build the tiny random-weight text-to-video pipeline offline (tests and the embedded default)")
     tiny.add_argument("directory", metavar="DIR")
 
-    worker = add_command(commands, "worker", cmd_worker, "run one generation job (the worker container's entrypoint)",
-                         json_output=False)
-    source = worker.add_mutually_exclusive_group(required=True)
-    source.add_argument("--job", metavar="JOB.json", help="job document file")
-    source.add_argument("--job-json", metavar="JSON", help="job document as JSON")
+    worker_command = add_command(commands, "worker", cmd_worker,
+                                 "run a GPU worker: `worker serve` claims queued jobs until stopped, "
+                                 "`worker --job FILE` runs one", json_output=False)
+    worker.add_arguments(worker_command)
+
+    worker_commands = add_group(commands, "workers", "the worker fleet")
+    listing = add_command(worker_commands, "list", cmd_workers_list,
+                          "workers: state, job in hand, cached models, jobs done, busy and alive seconds")
+    listing.add_argument("--all", action="store_true", help="include stopped and lost workers")

@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    deps = None
     try:
         deps = Deps(load_settings())
         return args.run(deps, args)
@@ -48,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tierflow: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if deps is not None:
+            deps.close()  # the local workers this command ran finish or give back their jobs
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 import json
 import threading
 
-from functions.cli.jobs import DEPLOYED, announce_orphans
+from functions.cli.jobs import DEPLOYED, start_runtime_workers
 from functions.cli.parsing import add_command, add_group
 from shared.domain import access
 
@@ -27,17 +27,16 @@ def cmd_serve(deps, args) -> int:
     # On the embedded bus this process also runs the handlers and the local workers, so a job
     # submitted in the browser is generated with nothing else running; on Kafka they run elsewhere.
     stop, runtime = threading.Event(), None
-    if settings.embedded_bus and not args.api_only:
-        announce_orphans(deps)
-        runtime = threading.Thread(target=bus.run_bus, name="embedded-bus", daemon=True,
-                                   args=(deps, DEPLOYED, DEPLOYED), kwargs={"should_stop": stop.is_set})
-        runtime.start()
     url = f"http://{args.host}:{args.port}/"
     print(f"Tierflow at {url} (API under {url}api, OpenAPI at {url}openapi.json)", flush=True)
     print(f"API keys: {keys_file} (the admin key is in it)" if keys_file else "API keys: from TIERFLOW_API_KEYS",
           flush=True)
-    if runtime:
-        print("handlers and local workers run in this process (embedded bus)", flush=True)
+    if settings.embedded_bus and not args.api_only:
+        start_runtime_workers(deps, stop)
+        runtime = threading.Thread(target=bus.run_bus, name="embedded-bus", daemon=True,
+                                   args=(deps, DEPLOYED, DEPLOYED), kwargs={"should_stop": stop.is_set})
+        runtime.start()
+        print("handlers, the lease sweeper and the local workers run with this process (embedded bus)", flush=True)
     try:
         server = Server(uvicorn.Config(create_app(deps), host=args.host, port=args.port, log_level="warning"))
         server.run()
@@ -45,7 +44,7 @@ def cmd_serve(deps, args) -> int:
         stop.set()
         if runtime:
             runtime.join(timeout=10)
-        deps.close()  # waiting and running jobs are picked up again by the next start
+        deps.close()  # the local workers finish or give back their jobs; queued ones wait for the next start
     return 0
 
 

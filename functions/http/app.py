@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from functions.http import deliveries, scenes, session, tiers
+from functions.http import deliveries, scenes, session, tiers, workers
 from functions.http.problems import ERRORS, install_problem_handlers
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -27,7 +27,7 @@ def create_app(deps) -> FastAPI:
     app.state.deps = deps  # what the routes' dependencies read (functions.http.dependencies.get_deps)
     install_problem_handlers(app)
     # In this order, so the OpenAPI document lists the paths as it always has.
-    for module in (session, tiers, scenes, deliveries):
+    for module in (session, tiers, scenes, deliveries, workers):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

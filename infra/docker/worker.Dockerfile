@@ -1,4 +1,4 @@
-# The GPU worker: one generation job per container (`tierflow worker --job-json JSON`), run by AWS Batch.
+# The GPU worker: a warm `tierflow worker serve` per container, run by AWS Batch or Kubernetes.
 # Build from the repository root: docker build -f infra/docker/worker.Dockerfile -t tierflow-worker .
 FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
 

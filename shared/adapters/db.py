@@ -35,15 +35,20 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def connect(url: str) -> psycopg.Connection:
+def connect(url: str, idle_transaction_timeout: float | None = None) -> psycopg.Connection:
     """Open an autocommit connection whose rows are dicts.
 
     Autocommit: every write happens inside an explicit `with conn.transaction():` block, so a
     transaction's extent is visible in the code and a read never holds one open.
+    With `idle_transaction_timeout`, the server ends a transaction left idle that many seconds
+    (its process hung or stopped mid-transaction) and so releases the rows it locked.
     A refused connection becomes ServiceUnavailable.
     """
+    extra = {}
+    if idle_transaction_timeout is not None:
+        extra["options"] = f"-c idle_in_transaction_session_timeout={int(idle_transaction_timeout * 1000)}"
     try:
-        return psycopg.connect(url, row_factory=dict_row, autocommit=True)
+        return psycopg.connect(url, row_factory=dict_row, autocommit=True, **extra)
     except psycopg.OperationalError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ServiceUnavailable(f"cannot connect to PostgreSQL: {first_line}") from exc

@@ -1,33 +1,45 @@
-"""Dispatchers: where a generation job's worker runs. One interface, two places:
+"""Dispatchers: where workers run. Jobs wait in PostgreSQL and workers claim them there, so a
+dispatcher only makes sure there are workers:
 
-- `LocalDispatcher` (embedded default): worker processes on this machine (CPU or a local GPU),
-  at most `TIERFLOW_LOCAL_WORKERS` at once;
-- `BatchDispatcher`: AWS Batch, one job per segment on a GPU job queue, with GPU, vCPU and
-  memory requirements.
+- `LocalDispatcher` (embedded default): TIERFLOW_LOCAL_WORKERS warm `tierflow worker serve`
+  processes on this machine while this process needs them, another started when one dies;
+- `BatchDispatcher`: AWS Batch worker jobs (`tierflow worker serve --exit-when-idle 300`, the
+  job definition's command) with GPU, vCPU and memory requirements, one more whenever the
+  unfinished jobs outnumber the worker jobs, up to TIERFLOW_BATCH_MAX_WORKERS.
 
-Either way the worker reports back with generation.progress / completed / failed events, which
-`on_generation_result` applies. A dispatcher only starts work; it never changes job state.
+A dispatcher never changes job state; a worker that dies loses its jobs when their leases expire.
 """
 
-import json
 import os
+import secrets
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
 
-from events import GenerationFailed
-from infra.process import start_time
 from shared.domain import lifecycle
-from shared.domain.scenes import job_document
+from shared.errors import ServiceUnavailable
 
-# The worker exits with this status after it reported its own failure as an event.
-WORKER_REPORTED_FAILURE = 3
+# A local worker that exits within this many seconds of its start, this many times in a row, is
+# not restarted again: something is wrong with the setup, not with one job.
+QUICK_EXIT_SECONDS, QUICK_EXITS_ALLOWED = 10.0, 5
+BATCH_SCALE_LOCK = 5_921_347_014  # one scaling decision at a time (any fixed number)
+BATCH_ACTIVE = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+BATCH_WORKER_JOB = "tierflow-worker"
+# How long a count of active worker jobs may answer "enough already" without asking Batch again.
+ACTIVE_COUNT_FRESH_SECONDS = 10.0
+# What a worker job runs (the job definition's command, here and in infra/template.yaml): a warm
+# worker that leaves, and so frees its instance, after five idle minutes.
+BATCH_WORKER_COMMAND = ["tierflow", "worker", "serve", "--exit-when-idle", "300"]
+# How many workers the queue can use: one per job that is queued or held under a lease (a job
+# whose result is written needs none). AWS Batch scaling and the KEDA trigger in infra/k8s use it.
+JOBS_NEEDING_A_WORKER = ("SELECT count(*) FROM generation_jobs "
+                         "WHERE status = 'queued' OR (status = 'running' AND lease_expires_at IS NOT NULL)")
 
 
 def worker_environment(deps) -> dict[str, str]:
@@ -38,7 +50,13 @@ def worker_environment(deps) -> dict[str, str]:
         "TIERFLOW_DATABASE_URL": deps.database_url,
         "TIERFLOW_S3_BUCKET": settings.s3_bucket,
         "TIERFLOW_AWS_REGION": settings.aws_region,
+        "TIERFLOW_MAX_ATTEMPTS": str(settings.max_attempts),
+        "TIERFLOW_RETRY_BACKOFF_SECONDS": str(settings.retry_backoff_seconds),
         "TIERFLOW_REPORT_RETRY_SECONDS": str(settings.report_retry_seconds),
+        "TIERFLOW_JOB_LEASE_SECONDS": str(settings.job_lease_seconds),
+        "TIERFLOW_WORKER_CACHE_MODELS": str(settings.worker_cache_models),
+        "TIERFLOW_AFFINITY_MAX_WAIT_SECONDS": str(settings.affinity_max_wait_seconds),
+        "TIERFLOW_SIMILARITY_THRESHOLD": str(settings.similarity_threshold),
     }
     if settings.s3_endpoint_url:
         env["TIERFLOW_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
@@ -47,125 +65,114 @@ def worker_environment(deps) -> dict[str, str]:
     return env
 
 
-class LocalDispatcher:
-    """Runs each job as `python -m functions.worker --job FILE` on this machine.
+class LocalWorker:
+    """One supervised `tierflow worker serve` process (restarted under a new id when it dies)."""
 
-    The queue lives in this process. Each job's external id names the process that took it
-    ("local:HOST:PID:START:job-N.json"), so that a later process can tell which jobs died with
-    their dispatcher (killed, or stopped with jobs waiting) and run them again: `redispatch_orphans`.
-    """
+    def __init__(self, index: int, log_path: Path):
+        self.index, self.log_path = index, log_path
+        self.process: subprocess.Popen | None = None
+        self.worker_id = ""
+        self.started = 0.0
+        self.quick_exits = 0
+
+
+class LocalDispatcher:
+    """Runs this machine's warm workers for as long as this process needs them."""
 
     name = "local"
 
-    def __init__(self, deps):
-        self.deps = deps
-        self.jobs_dir = deps.settings.home.resolve() / "jobs"
-        self.pool = ThreadPoolExecutor(max_workers=deps.settings.local_workers, thread_name_prefix="worker")
-        self.owner = process_identity(os.getpid())
-        self._running = 0
-        self._workers: set[subprocess.Popen] = set()
-        self._closing = False
+    def __init__(self, deps, grace_seconds: float = 30.0):
+        self.deps, self.grace_seconds = deps, grace_seconds
+        logs = deps.settings.home.resolve() / "logs"
+        self.workers = [LocalWorker(i, logs / f"worker-{i}.log") for i in range(deps.settings.local_workers)]
+        self.failure: str | None = None  # why the workers could not be kept running
+        self._supervisor: threading.Thread | None = None
+        self._closing = threading.Event()
         self._lock = threading.Lock()
 
-    def submit(self, job: dict, delay_seconds: float = 0.0) -> str:
-        """Queue the job; it starts after `delay_seconds` (retry backoff) when a slot is free."""
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        path = self.jobs_dir / f"job-{job['job_id']}.json"
-        path.write_text(json.dumps(job, indent=2))
+    def ensure_workers(self, conn: psycopg.Connection | None = None) -> None:
+        """Start the workers and their supervisor unless they run already; raises when they keep
+        failing at start (the reason is in the message)."""
+        if self.failure:
+            raise ServiceUnavailable(self.failure)
         with self._lock:
-            self._running += 1
-        # Counted down when the job ends, or when close() drops it before it started.
-        self.pool.submit(self._run, job, path, delay_seconds).add_done_callback(self._ended)
-        return f"local:{self.owner}:{path.name}"
+            if self._supervisor is not None or self._closing.is_set():
+                return
+            for worker in self.workers:
+                self._start(worker)
+            self._supervisor = threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True)
+            self._supervisor.start()
 
-    def _ended(self, _future) -> None:
-        with self._lock:
-            self._running -= 1
+    def _start(self, worker: LocalWorker) -> None:
+        worker.log_path.parent.mkdir(parents=True, exist_ok=True)
+        worker.worker_id = f"{socket.gethostname()}:{os.getpid()}.{worker.index}:{secrets.token_hex(2)}"
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")},
+               **worker_environment(self.deps)}
+        with worker.log_path.open("ab") as log:
+            worker.process = subprocess.Popen(
+                [sys.executable, "-m", "functions.worker", "serve", "--id", worker.worker_id,
+                 "--grace", str(self.grace_seconds), "--parent", str(os.getpid())],
+                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True)  # a Ctrl-C of this process reaches the workers through close()
+        worker.started = time.monotonic()
 
-    @property
-    def busy(self) -> bool:
-        """True while a job submitted here is waiting or running."""
-        with self._lock:
-            return self._running > 0
+    def _supervise(self) -> None:
+        while not self._closing.wait(0.5):
+            for worker in self.workers:
+                status = worker.process.poll()
+                if status is None or self._closing.is_set():
+                    continue
+                self._lost(worker, status)
+                if self.failure:
+                    return
+
+    def _lost(self, worker: LocalWorker, status: int) -> None:
+        """A worker exited by itself: end its leases now (it is known to be dead) and start another."""
+        try:
+            with self.deps.uow() as uow:
+                ended = lifecycle.end_leases_of(uow.conn, worker.worker_id)
+        except (psycopg.OperationalError, ServiceUnavailable):
+            ended = 0  # the leases expire at their time instead
+        quick = time.monotonic() - worker.started < QUICK_EXIT_SECONDS
+        worker.quick_exits = worker.quick_exits + 1 if quick else 0
+        tail = _last_lines(worker.log_path)
+        if worker.quick_exits >= QUICK_EXITS_ALLOWED:
+            self.failure = (f"local worker {worker.index} exited {worker.quick_exits} times right after starting "
+                            f"(last status {status}): {tail} (log: {worker.log_path})")
+            print(f"tierflow: {self.failure}", file=sys.stderr, flush=True)
+            return
+        print(f"tierflow: local worker {worker.worker_id} exited with status {status}"
+              + (f", {ended} job(s) in hand go to their next attempt" if ended else "")
+              + "; starting another", file=sys.stderr, flush=True)
+        self._closing.wait(min(0.25 * 2 ** worker.quick_exits, 10.0) if quick else 0)
+        if not self._closing.is_set():
+            self._start(worker)
 
     def close(self) -> None:
-        """Stop without waiting: drop the waiting jobs and stop the running workers. Their jobs
-        stay unfinished in the database, for the next process to run again."""
-        self._closing = True
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        with self._lock:
-            workers = list(self._workers)
-        for worker in workers:
-            worker.terminate()
-
-    def _run(self, job: dict, path: Path, delay_seconds: float) -> None:
-        try:
-            time.sleep(delay_seconds)
-            if self._closing:
-                return
-            env = {**{k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")},
-                   **worker_environment(self.deps)}
-            worker = subprocess.Popen([sys.executable, "-m", "functions.worker", "--job", str(path)],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            with self._lock:
-                self._workers.add(worker)
-            if self._closing:  # close() ran while this one was starting
-                worker.terminate()
-            _, stderr = worker.communicate()
-            with self._lock:
-                self._workers.discard(worker)
-            if self._closing:
-                return  # stopped by close(), not failed: the job runs again in the next process
-            if worker.returncode not in (0, WORKER_REPORTED_FAILURE):
-                # Killed or crashed before it could say why: report it for the worker.
-                tail = " ".join((stderr or "").strip().splitlines()[-3:])[-500:]
-                self._report_failure(job, f"the worker process exited with status {worker.returncode}: {tail}")
-        except Exception as exc:  # noqa: BLE001 - a job must never vanish without a result
-            self._report_failure(job, f"the local dispatcher could not run the worker: {exc}")
-
-    def _report_failure(self, job: dict, reason: str) -> None:
-        with self.deps.uow() as uow:
-            uow.emit(GenerationFailed(job_id=job["job_id"], scene_id=job["scene_id"], segment_id=job["segment_id"],
-                                      reason=reason, retryable=True))
+        """Stop the workers: SIGTERM, a job in hand finishes within the grace period or goes back
+        to the queue; a worker still running after that is killed (its leases expire)."""
+        self._closing.set()
+        if self._supervisor is not None:
+            self._supervisor.join(15)  # it starts no worker once closing is set
+        processes = [w.process for w in self.workers if w.process is not None]
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_seconds + 15
+        for process in processes:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
-def process_identity(pid: int) -> str | None:
-    """"HOST:PID:START" of a running process (START tells a reused pid apart); None when it is gone."""
-    started = start_time(pid)
-    return None if started is None else f"{socket.gethostname()}:{pid}:{started}"
-
-
-def _orphaned(external_job_id: str | None) -> bool:
-    """The job was taken by a local dispatcher of this machine whose process is gone."""
-    parts = (external_job_id or "").split(":")
-    if len(parts) != 5 or parts[0] != "local" or parts[1] != socket.gethostname() or not parts[2].isdigit():
-        return False  # another machine's (it may be alive), or not a local job
-    return process_identity(int(parts[2])) != ":".join(parts[1:4])
-
-
-def redispatch_orphans(deps) -> list[int]:
-    """Dispatch again, here, the unfinished jobs whose local dispatcher died; returns their ids.
-
-    A worker that outlived its dispatcher may still finish such a job: then the first result
-    counts (on_generation_result) and the second run costs only CPU or GPU time.
-    """
-    with deps.connect() as conn:
-        candidates = [r["id"] for r in conn.execute(
-            "SELECT id, external_job_id FROM generation_jobs "
-            "WHERE dispatcher = 'local' AND status IN ('queued', 'running') ORDER BY id").fetchall()
-            if _orphaned(r["external_job_id"])]
-    redispatched = []
-    for job_id in candidates:
-        with deps.uow() as uow:
-            row = uow.conn.execute(
-                "SELECT external_job_id FROM generation_jobs WHERE id = %s AND status IN ('queued', 'running') "
-                "FOR UPDATE", [job_id]).fetchone()
-            if row is None or not _orphaned(row["external_job_id"]):
-                continue  # finished, or taken by another process meanwhile
-            dispatcher = deps.dispatcher
-            lifecycle.record_dispatch(uow.conn, job_id, dispatcher.name, dispatcher.submit(job_document(uow.conn, job_id)))
-            redispatched.append(job_id)
-    return redispatched
+def _last_lines(path: Path, count: int = 3) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(lines[-count:])[-600:] or "(nothing logged)"
 
 
 def batch_resource_requirements(settings) -> list[dict]:
@@ -179,62 +186,49 @@ def batch_resource_requirements(settings) -> list[dict]:
 
 
 class BatchDispatcher:
-    """Submits each job to an AWS Batch GPU job queue."""
+    """Scales worker jobs on an AWS Batch GPU job queue to the unfinished generation jobs."""
 
     name = "batch"
 
     def __init__(self, deps):
         import boto3
 
-        settings = deps.settings
-        self.settings = settings
-        self.client = boto3.client("batch", endpoint_url=settings.batch_endpoint_url, region_name=settings.aws_region)
+        self.settings = deps.settings
+        self.client = boto3.client("batch", endpoint_url=self.settings.batch_endpoint_url,
+                                   region_name=self.settings.aws_region)
+        self._active: tuple[int, float] | None = None  # worker jobs counted, and when
 
-    def submit(self, job: dict, delay_seconds: float = 0.0) -> str:
-        """Submit the job; returns the Batch job id. (Batch has no start delay: its queue is the backoff.)"""
-        settings = self.settings
-        response = self.client.submit_job(
-            jobName=f"tierflow-scene{job['scene_id']}-job{job['job_id']}",
-            jobQueue=settings.batch_job_queue,
-            jobDefinition=settings.batch_job_definition,
-            containerOverrides={
-                "command": ["tierflow", "worker", "--job-json", json.dumps(job, separators=(",", ":"))],
-                "resourceRequirements": batch_resource_requirements(settings),
-            },
-            retryStrategy={"attempts": 1},  # Tierflow retries itself, with a new attempt row
-            tags={"tierflow-scene": str(job["scene_id"]), "tierflow-job": str(job["job_id"])},
-        )
-        return response["jobId"]
+    def ensure_workers(self, conn: psycopg.Connection) -> int:
+        """Submit worker jobs until there is one per unfinished generation job, at most
+        TIERFLOW_BATCH_MAX_WORKERS in all; returns how many were submitted."""
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [BATCH_SCALE_LOCK])
+        unfinished = conn.execute(JOBS_NEEDING_A_WORKER).fetchone()["count"]
+        target = min(self.settings.batch_max_workers, unfinished)
+        # A burst of requests (a 100-segment scene) asks Batch once, not once per job; a count
+        # that says "fewer than wanted" is always checked with Batch before anything is submitted.
+        if self._active and time.monotonic() - self._active[1] < ACTIVE_COUNT_FRESH_SECONDS \
+                and self._active[0] >= target:
+            return 0
+        active = self.active_workers()
+        wanted = target - active
+        self._active = (active + max(0, wanted), time.monotonic())
+        for _ in range(max(0, wanted)):
+            self.client.submit_job(
+                jobName=f"{BATCH_WORKER_JOB}-{secrets.token_hex(4)}",
+                jobQueue=self.settings.batch_job_queue,
+                jobDefinition=self.settings.batch_job_definition,  # runs BATCH_WORKER_COMMAND
+                containerOverrides={"resourceRequirements": batch_resource_requirements(self.settings)},
+                retryStrategy={"attempts": 1},  # a lost worker's jobs come back through their leases
+                tags={"tierflow": "worker"},
+            )
+        return max(0, wanted)
 
-    def follow(self, conn: psycopg.Connection, emit) -> int:
-        """Report Batch jobs that ended without the worker saying so (failed to start, killed).
-        Returns how many were reported."""
-        rows = conn.execute(
-            """SELECT j.id, j.external_job_id, g.id AS segment_id, g.scene_id FROM generation_jobs j
-               JOIN segments g ON g.id = j.segment_id
-               WHERE j.dispatcher = 'batch' AND j.status IN ('queued', 'running') AND j.external_job_id IS NOT NULL""",
-        ).fetchall()
-        reported = 0
-        for start in range(0, len(rows), 100):  # describe_jobs takes 100 ids at a time
-            chunk = {r["external_job_id"]: r for r in rows[start:start + 100]}
-            for described in self.client.describe_jobs(jobs=list(chunk))["jobs"]:
-                row = chunk[described["jobId"]]
-                if described["status"] == "FAILED":
-                    reason = f"AWS Batch job {described['jobId']} failed: {described.get('statusReason', 'no reason given')}"
-                elif described["status"] == "SUCCEEDED" and not _reported(conn, row["id"]):
-                    reason = f"AWS Batch job {described['jobId']} ended without reporting a result"
-                else:
-                    continue
-                emit(GenerationFailed(job_id=row["id"], scene_id=row["scene_id"], segment_id=row["segment_id"],
-                                      reason=reason, retryable=True))
-                reported += 1
-        return reported
-
-
-def _reported(conn: psycopg.Connection, job_id: int) -> bool:
-    # The worker's result may still be on its way to the handler: it is in the outbox already.
-    return conn.execute(
-        "SELECT 1 FROM outbox WHERE topic IN ('generation.completed', 'generation.failed') "
-        "AND payload -> 'data' ->> 'job_id' = %s LIMIT 1",
-        [str(job_id)],
-    ).fetchone() is not None
+    def active_workers(self) -> int:
+        """Worker jobs on the queue that have not ended (waiting to start or running)."""
+        active = 0
+        for status in BATCH_ACTIVE:
+            pages = self.client.get_paginator("list_jobs").paginate(
+                jobQueue=self.settings.batch_job_queue, jobStatus=status)
+            active += sum(1 for page in pages for job in page["jobSummaryList"]
+                          if job["jobName"].startswith(BATCH_WORKER_JOB))
+        return active

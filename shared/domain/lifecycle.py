@@ -2,8 +2,9 @@
 
   scene:    pending → generating → generated → approved; generating → failed → (retry) generating
   segment:  pending → generating → generated; pending | generating → failed → (retry) pending
-  job:      queued → running → succeeded | failed; a retry is a new attempt row, never an
-            overwrite of the failed one
+  job:      queued → (claimed by a worker, under a lease) running → succeeded | failed;
+            running → queued when a stopping worker gives it back; a retry is a new attempt
+            row, never an overwrite of the failed one
   delivery: requested → completed | rejected
 
 Each transition is one guarded UPDATE (`… WHERE status IN (what it may come from)`), so a late,
@@ -130,55 +131,151 @@ def reset_failed_segments(conn: psycopg.Connection, segment_ids: list[int]) -> l
 # Generation jobs
 
 
-def queue_attempt(conn: psycopg.Connection, segment_id: int) -> GenerationRequested:
+def queue_attempt(conn: psycopg.Connection, segment_id: int, retry_backoff_seconds: float = 0.0) -> GenerationRequested:
     """Queue the segment's next attempt (the first, or a retry: earlier attempts stay as they
-    were) and return the generation.requested event that asks for it."""
+    were) and return the generation.requested event that asks for it.
+
+    The retry policy's pause: attempt 1 may start at once, attempt 2 after `retry_backoff_seconds`,
+    each later one after twice the pause before it. The job waits in the queue (`not_before`),
+    never in a worker."""
     # One statement: the insert, and what the request says (the recipe, the scene's size and tier).
     job = conn.execute(
-        """WITH job AS (
-               INSERT INTO generation_jobs (segment_id, attempt)
-               SELECT %s, COALESCE(max(attempt), 0) + 1 FROM generation_jobs WHERE segment_id = %s
+        """WITH next AS (
+               SELECT COALESCE(max(attempt), 0) + 1 AS attempt FROM generation_jobs WHERE segment_id = %(segment)s),
+           job AS (
+               INSERT INTO generation_jobs (segment_id, attempt, not_before)
+               SELECT %(segment)s, attempt, now() + CASE WHEN attempt = 1 THEN interval '0'
+                   ELSE make_interval(secs => %(backoff)s * 2 ^ (attempt - 2)) END FROM next
                RETURNING id, attempt, segment_id)
            SELECT job.id AS job_id, job.attempt, g.*, s.width, s.height, t.name AS tier
            FROM job JOIN segments g ON g.id = job.segment_id JOIN scenes s ON s.id = g.scene_id
            JOIN resolution_tiers t ON t.id = s.resolution_tier_id""",
-        [segment_id, segment_id],
+        {"segment": segment_id, "backoff": float(retry_backoff_seconds)},
     ).fetchone()
     return GenerationRequested(job_id=job["job_id"], scene_id=job["scene_id"], segment_id=segment_id,
                                attempt=job["attempt"], tier=job["tier"], width=job["width"], height=job["height"],
                                recipe=recipe_of(job))
 
 
-def record_dispatch(conn: psycopg.Connection, job_id: int, dispatcher: str, external_job_id: str) -> Transition:
-    """Note where an unfinished job was handed (its dispatcher and that dispatcher's id for it)."""
+def claim_job(conn: psycopg.Connection, worker_id: str, *, lease_seconds: float, models: list[str] | None = None,
+              loaded_models: list[str] = (), last_size: tuple[int, int] | None = None,
+              affinity_max_wait_seconds: float = 30.0, job_id: int | None = None) -> int | None:
+    """queued → running for one job whose time has come, under a lease for `worker_id`; returns
+    its id (None: nothing to claim). Two workers never claim the same job (SKIP LOCKED).
+
+    Only jobs of `models` when given (all when None), only `job_id` when given. Preferred: a job
+    that has waited longer than `affinity_max_wait_seconds` (no job starves), then one whose model
+    is loaded, then one of the size rendered last, then the oldest."""
+    width, height = last_size or (None, None)
+    row = conn.execute(
+        """WITH next AS (
+               SELECT j.id FROM generation_jobs j
+               JOIN segments g ON g.id = j.segment_id JOIN scenes s ON s.id = g.scene_id
+               WHERE j.status = 'queued' AND j.not_before <= now()
+                 AND (%(models)s::text[] IS NULL OR g.model = ANY(%(models)s::text[]))
+                 AND (%(job)s::bigint IS NULL OR j.id = %(job)s::bigint)
+               ORDER BY j.not_before <= now() - make_interval(secs => %(max_wait)s) DESC,
+                        g.model = ANY(%(loaded)s::text[]) DESC,
+                        (s.width = %(width)s::int AND s.height = %(height)s::int) IS TRUE DESC,
+                        j.not_before, j.id
+               LIMIT 1 FOR UPDATE OF j SKIP LOCKED)
+           UPDATE generation_jobs j
+           SET status = 'running', worker_id = %(worker)s, claimed_at = now(), heard_at = now(),
+               started_at = COALESCE(j.started_at, now()),
+               lease_expires_at = now() + make_interval(secs => %(lease)s)
+           FROM next WHERE j.id = next.id RETURNING j.id""",
+        {"models": models, "job": job_id, "max_wait": float(affinity_max_wait_seconds), "loaded": list(loaded_models),
+         "width": width, "height": height, "worker": worker_id, "lease": float(lease_seconds)},
+    ).fetchone()
+    return row["id"] if row else None
+
+
+def seconds_until_claimable(conn: psycopg.Connection, models: list[str] | None = None) -> float | None:
+    """How long until the next queued job may be claimed (0: one may now; None: none is queued)."""
+    row = conn.execute(
+        """SELECT GREATEST(EXTRACT(EPOCH FROM min(j.not_before) - now()), 0)::float8 AS wait
+           FROM generation_jobs j JOIN segments g ON g.id = j.segment_id
+           WHERE j.status = 'queued' AND (%(models)s::text[] IS NULL OR g.model = ANY(%(models)s::text[]))""",
+        {"models": models}).fetchone()
+    return row["wait"]
+
+
+def renew_leases(conn: psycopg.Connection, worker_id: str, job_ids: list[int], lease_seconds: float) -> list[int]:
+    """Extend the leases `worker_id` holds on these jobs; returns the ids it still holds (a job
+    missing from the answer was given up on: its lease had expired)."""
+    rows = conn.execute(
+        """UPDATE generation_jobs SET heard_at = now(), lease_expires_at = now() + make_interval(secs => %s)
+           WHERE id = ANY(%s) AND worker_id = %s AND status = 'running' AND lease_expires_at IS NOT NULL
+           RETURNING id""",
+        [float(lease_seconds), list(job_ids), worker_id]).fetchall()
+    return [r["id"] for r in rows]
+
+
+def hand_in(conn: psycopg.Connection, job_id: int, worker_id: str) -> Transition:
+    """The worker wrote its result (in this transaction): the lease ends, so the job cannot be
+    lost any more while the result waits to be applied. False: the worker no longer held the
+    job, and its result must not be written."""
     return _changed(
         conn,
-        "UPDATE generation_jobs SET dispatcher = %s, external_job_id = %s WHERE id = %s AND status IN ('queued', 'running')",
-        [dispatcher, external_job_id, job_id],
+        """UPDATE generation_jobs SET heard_at = now(), lease_expires_at = NULL
+           WHERE id = %s AND worker_id = %s AND status = 'running' AND lease_expires_at IS NOT NULL""",
+        [job_id, worker_id],
     )
 
 
-def job_progressed(conn: psycopg.Connection, job_id: int, fraction: float) -> Transition:
-    """queued | running → running, progress only ever growing."""
+def release_job(conn: psycopg.Connection, job_id: int, worker_id: str) -> Transition:
+    """running → queued: a stopping worker gives back a job it will not finish, for another
+    worker to run from the start (the same attempt: nothing failed)."""
     return _changed(
         conn,
-        """UPDATE generation_jobs SET status = 'running', started_at = COALESCE(started_at, now()),
-                  progress = GREATEST(progress, %s)
-           WHERE id = %s AND status IN ('queued', 'running')""",
+        """UPDATE generation_jobs SET status = 'queued', worker_id = NULL, claimed_at = NULL, heard_at = NULL,
+                  lease_expires_at = NULL, progress = 0, not_before = now()
+           WHERE id = %s AND worker_id = %s AND status = 'running' AND lease_expires_at IS NOT NULL""",
+        [job_id, worker_id],
+    )
+
+
+def end_leases_of(conn: psycopg.Connection, worker_id: str) -> int:
+    """Let the leases of a worker known to be dead (its supervisor saw it exit) expire now
+    rather than at their time; returns how many."""
+    return conn.execute(
+        """UPDATE generation_jobs SET lease_expires_at = now()
+           WHERE worker_id = %s AND status = 'running' AND lease_expires_at > now()""",
+        [worker_id]).rowcount
+
+
+def expired_jobs(conn: psycopg.Connection, limit: int = 100) -> list[dict]:
+    """Running jobs whose lease ran out, locked for the caller's transaction (another sweeper
+    skips them): id, segment_id, scene_id, worker_id, claimed_at, heard_at."""
+    return conn.execute(
+        """SELECT j.id, j.segment_id, g.scene_id, j.worker_id, j.claimed_at, j.heard_at FROM generation_jobs j
+           JOIN segments g ON g.id = j.segment_id
+           WHERE j.status = 'running' AND j.lease_expires_at < now()
+           ORDER BY j.lease_expires_at LIMIT %s FOR UPDATE OF j SKIP LOCKED""",
+        [limit]).fetchall()
+
+
+def job_progressed(conn: psycopg.Connection, job_id: int, fraction: float) -> Transition:
+    """A running job's progress, only ever growing. (Only a claim starts a job: a late report of
+    a job given back to the queue must not mark it running with no worker.)"""
+    return _changed(
+        conn,
+        """UPDATE generation_jobs SET progress = GREATEST(progress, %s)
+           WHERE id = %s AND status = 'running'""",
         [fraction, job_id],
     )
 
 
 def job_succeeded(conn: psycopg.Connection, event: GenerationCompleted) -> Transition:
-    """queued | running → succeeded, with the files and what they cost: the render, the load,
-    the time the worker held its device, which worker, how many samples one call rendered."""
+    """running → succeeded, with the files and what they cost: the render, the load, the time the
+    worker held its device, which worker, how many samples one call rendered."""
     return _changed(
         conn,
         """UPDATE generation_jobs
-           SET status = 'succeeded', progress = 1, started_at = COALESCE(started_at, now()), finished_at = now(),
+           SET status = 'succeeded', progress = 1, finished_at = now(), lease_expires_at = NULL,
                device = %s, device_seconds = %s, video_key = %s, poster_key = %s, metadata_key = %s,
                sha256 = %s, frames = %s, load_seconds = %s, held_seconds = %s, worker_id = %s, batch_size = %s
-           WHERE id = %s AND status IN ('queued', 'running')""",
+           WHERE id = %s AND status = 'running'""",
         [event.device, event.device_seconds, event.video_key, event.poster_key, event.metadata_key, event.sha256,
          event.frames, event.load_seconds, event.held_seconds, event.worker_id, event.batch_size, event.job_id],
     )
@@ -188,8 +285,8 @@ def job_failed(conn: psycopg.Connection, event: GenerationFailed) -> int | None:
     """queued | running → failed with its reason (and what it held, when the worker says);
     returns the attempt number (None: it had finished already, and the report changes nothing)."""
     row = conn.execute(
-        """UPDATE generation_jobs SET status = 'failed', error = %s, held_seconds = %s, worker_id = %s,
-                  finished_at = now()
+        """UPDATE generation_jobs SET status = 'failed', error = %s, held_seconds = %s,
+                  worker_id = COALESCE(%s, worker_id), finished_at = now(), lease_expires_at = NULL
            WHERE id = %s AND status IN ('queued', 'running') RETURNING attempt""",
         [event.reason, event.held_seconds, event.worker_id, event.job_id],
     ).fetchone()
@@ -203,12 +300,6 @@ def job_failed(conn: psycopg.Connection, event: GenerationFailed) -> int | None:
 def should_retry(attempt: int, max_attempts: int, retryable: bool) -> bool:
     """A failed attempt gets another when the failure may pass and attempts are left."""
     return retryable and attempt < max_attempts
-
-
-def retry_delay_seconds(attempt: int, base_seconds: float) -> float:
-    """How long attempt `attempt` waits before it starts: none for the first, the base pause for
-    the second, twice as long for each later one."""
-    return base_seconds * 2 ** (attempt - 2) if attempt > 1 else 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +326,7 @@ def apply_completed(conn: psycopg.Connection, event: GenerationCompleted, simila
 
 
 def apply_failed(conn: psycopg.Connection, event: GenerationFailed, max_attempts: int) -> str | None:
-    """RETRY when the caller must queue the next attempt (`queue_attempt`)."""
+    """RETRY when the caller must queue the next attempt (`queue_attempt` with the backoff)."""
     attempt = job_failed(conn, event)
     if attempt is None:
         return None

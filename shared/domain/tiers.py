@@ -28,11 +28,15 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 DEFAULT_TIER_LOCK_KEY = 5_921_347_002  # any fixed number; see _lock_default_changes
 
 # Output (encoding) settings a tier may carry, with the rule each value must satisfy.
+# x264's and x265's presets, fastest first.
+ENCODER_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 QUALITY_SETTINGS = {
     "codec": ("one of h264, h265", lambda v: v in ("h264", "h265")),
     "crf": ("an integer from 0 (lossless) to 51", lambda v: type(v) is int and 0 <= v <= 51),
     "fps": ("an integer from 1 to 120", lambda v: type(v) is int and 1 <= v <= 120),
     "pixel_format": ("one of yuv420p, yuv444p", lambda v: v in ("yuv420p", "yuv444p")),
+    # The encoder's speed for the same quality (crf): faster makes larger files.
+    "preset": (f"one of {', '.join(ENCODER_PRESETS)}", lambda v: v in ENCODER_PRESETS),
 }
 # Settings people reach for that shape the frames; they belong to a job's recipe, which must be
 # identical at every tier, so a tier may not carry them.

@@ -32,6 +32,12 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def device_dtype(device: str) -> str:
+    """The precision pipelines run in on `device`: half on CUDA, full on CPU (where half is slow
+    or unsupported)."""
+    return "float16" if device.startswith("cuda") else "float32"
+
+
 def _cpu_threads() -> int:
     """CPUs this process may really use: its affinity, capped by a container's CPU quota.
 
@@ -91,7 +97,7 @@ def load_pipeline(model: str, device: str, *, threads: int | None = None):
     quiet_progress_bars()
     if device == "cpu":
         torch.set_num_threads(threads or _cpu_threads())
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    dtype = getattr(torch, device_dtype(device))
     try:
         pipeline = DiffusionPipeline.from_pretrained(source, **{_dtype_argument(): dtype})
     except OSError as exc:  # huggingface_hub's HTTP and cache errors are OSErrors too

@@ -11,33 +11,68 @@ from collections.abc import Callable, Sequence
 import psycopg
 
 from shared.domain import lifecycle, scenes, upscale
+from shared.errors import ServiceUnavailable
 from shared.runtime import bus
 from shared.runtime.consumer import Function
 
 
-def rerun_orphaned_jobs(deps) -> list[int]:
-    """Run again, here, the local generation jobs a process that is gone left unfinished;
-    returns their ids."""
-    if deps.settings.dispatcher != "local":
-        return []
-    from shared.adapters.dispatch import redispatch_orphans
+def unfinished_jobs(conn: psycopg.Connection) -> bool:
+    """Some generation job waits for a worker or is in one's hands."""
+    return conn.execute(
+        "SELECT 1 FROM generation_jobs WHERE status IN ('queued', 'running') LIMIT 1").fetchone() is not None
 
-    return redispatch_orphans(deps)
+
+def sweep_lost_jobs(deps) -> list[int]:
+    """Fail, now, the attempts whose workers went silent (expired leases) and queue their next
+    attempts; returns their job ids."""
+    from shared.domain.reports import sweep_expired_leases
+
+    settings = deps.settings
+    with deps.uow() as uow:
+        return sweep_expired_leases(uow.conn, uow.emit, max_attempts=settings.max_attempts,
+                                    retry_backoff_seconds=settings.retry_backoff_seconds,
+                                    similarity_threshold=settings.similarity_threshold)
+
+
+def sweep_leases_until(deps, should_stop: Callable[[], bool], log: Callable[[str], None]) -> None:
+    """The lease sweeper of `serve` and `consume` (workers run one too): every third of a lease,
+    at most every 10 s. A database outage is logged once, at its start and its end."""
+    period = max(0.2, min(deps.settings.job_lease_seconds / 3, 10.0))
+    outage = None
+    while not should_stop():
+        try:
+            swept = sweep_lost_jobs(deps)
+            if outage:
+                log("lease sweeper: database reachable again")
+            outage = None
+            if swept:
+                log(f"generation jobs {', '.join(map(str, swept))} lost their worker (lease expired); "
+                    "their next attempts are queued")
+        except (psycopg.OperationalError, ServiceUnavailable) as exc:
+            if outage is None:
+                log(f"lease sweeper: database unreachable ({exc}); retrying")
+            outage = str(exc)
+        deadline = time.monotonic() + period
+        while not should_stop() and time.monotonic() < deadline:
+            time.sleep(min(0.2, period))
 
 
 def run_until(deps, functions: Sequence[Function], done: Callable[[psycopg.Connection], bool],
               on_tick: Callable[[psycopg.Connection], None] | None = None, settle: bool = True) -> None:
-    """Run (embedded bus) or watch (Kafka) until `done(conn)` holds (and, with `settle`, nothing
-    is in flight any more)."""
-    if deps.settings.embedded_bus:
-        rerun_orphaned_jobs(deps)  # e.g. an interrupted command's
+    """Run (embedded bus) or watch (Kafka) until `done(conn)` holds (and, with `settle`, no
+    event is waiting any more). On the embedded default this process also runs the local warm
+    workers while jobs are unfinished; one that cannot be kept running is an error here."""
+    local = deps.settings.embedded_bus and deps.settings.dispatcher == "local"
     with deps.connect() as conn:
+        if local and unfinished_jobs(conn):  # e.g. an interrupted command's
+            deps.dispatcher.ensure_workers(conn)
         while True:
             busy = bus.step(conn, deps, functions, functions) if deps.settings.embedded_bus else False
+            if local and deps.dispatcher.failure:
+                raise ServiceUnavailable(deps.dispatcher.failure)
             if on_tick:
                 on_tick(conn)
-            workers_busy = deps.settings.dispatcher == "local" and deps.dispatcher.busy
-            if (not settle or (not busy and not workers_busy)) and done(conn):
+            if (not settle or not busy) and done(conn):
                 return
             if not busy:
                 time.sleep(0.2)

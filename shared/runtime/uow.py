@@ -18,9 +18,11 @@ class UnitOfWork:
         self.conn = conn
         self.source = source
 
-    def emit(self, event: Event) -> str:
-        """Record `event` in the outbox of this transaction; returns its CloudEvents id."""
-        cloud_event = envelope_for(event, source=self.source)
+    def emit(self, event: Event, event_id: str | None = None) -> str:
+        """Record `event` in the outbox of this transaction; returns its CloudEvents id (a new
+        one unless `event_id` is given: a writer that retries keeps its id to tell whether an
+        earlier try was committed)."""
+        cloud_event = envelope_for(event, source=self.source, id=event_id)
         self.conn.execute(
             "INSERT INTO outbox (event_id, topic, message_key, payload) VALUES (%s, %s, %s, %s)",
             [cloud_event.id, topic_for(event.type), cloud_event.subject,

@@ -2,7 +2,6 @@
 
 import base64
 import json
-import time
 import urllib.request
 
 import boto3
@@ -41,55 +40,57 @@ def moto_batch(moto_server):
     return url, batch
 
 
-def test_one_batch_job_per_segment_with_gpu_requirements(moto_batch, database_url, tmp_path, tiny_model, conn):
+def _recorded(url: str) -> list[dict]:
+    """The requests the Batch API server recorded."""
+    recording = urllib.request.urlopen(url + "/moto-api/recorder/download-recording", timeout=10).read().decode()
+    return [json.loads(line) for line in recording.splitlines() if line.strip()]
+
+
+def _submissions(url: str) -> list[dict]:
+    """What was sent to the Batch API's SubmitJob."""
+    return [json.loads(base64.b64decode(r["body"]) if r.get("body_encoded") else r["body"])
+            for r in _recorded(url) if r["url"].endswith("/v1/submitjob")]
+
+
+def test_worker_jobs_are_submitted_for_the_queue_up_to_the_limit(moto_batch, database_url, tmp_path, tiny_model,
+                                                               conn):
     url, batch = moto_batch
     deps = Deps(Settings(database_url=database_url, home=tmp_path / "home", model=tiny_model, dispatcher="batch",
-                         batch_endpoint_url=url, batch_gpus=1, batch_vcpus=8, batch_memory_mib=30000))
+                         batch_endpoint_url=url, batch_gpus=1, batch_vcpus=8, batch_memory_mib=30000,
+                         batch_max_workers=3))
     from functions.handlers.registry import FUNCTIONS
 
-    scene_id = scenes.submit_scene(deps, project="p", name="s", aspect="16:9", tier="production",
-                                   segments=[SegmentSpec(prompt="a", seed=1), SegmentSpec(prompt="b", seed=2)])
+    scenes.submit_scene(deps, project="p", name="one", aspect="16:9", tier="production",
+                        segments=[SegmentSpec(prompt="a", seed=1)])
     dispatch = [FUNCTIONS["on_generation_requested"]]
     bus.drain(deps, list(FUNCTIONS.values()), dispatch)
 
-    jobs = conn.execute("SELECT id, dispatcher, external_job_id, status FROM generation_jobs ORDER BY id").fetchall()
-    assert [(j["dispatcher"], j["status"]) for j in jobs] == [("batch", "queued"), ("batch", "queued")]
-    described = {d["jobId"]: d for d in batch.describe_jobs(jobs=[j["external_job_id"] for j in jobs])["jobs"]}
-    assert len(described) == 2
-    for job in jobs:
-        batch_job = described[job["external_job_id"]]
-        assert batch_job["jobQueue"].endswith("job-queue/tierflow-gpu")
-        assert batch_job["jobName"] == f"tierflow-scene{scene_id}-job{job['id']}"
-        command = batch_job["container"]["command"]
-        assert command[:3] == ["tierflow", "worker", "--job-json"]
-        document = json.loads(command[3])
-        assert (document["job_id"], document["width"], document["height"], document["tier"]) == (
-            job["id"], 1920, 1080, "production")
-    # What was sent to the Batch API, as the server recorded it: GPU, vCPU and memory per job.
-    recording = urllib.request.urlopen(url + "/moto-api/recorder/download-recording", timeout=10).read().decode()
-    requests = [json.loads(line) for line in recording.splitlines() if line.strip()]
-    submits = [json.loads(base64.b64decode(r["body"]) if r.get("body_encoded") else r["body"])
-               for r in requests if r["url"].endswith("/v1/submitjob")]
-    assert len(submits) == 2
-    for submitted in submits:
-        assert sorted((r["type"], r["value"]) for r in submitted["containerOverrides"]["resourceRequirements"]) == [
-            ("GPU", "1"), ("MEMORY", "30000"), ("VCPU", "8")]
+    # One queued job: one worker job, asking for a GPU, running the definition's command
+    # (`tierflow worker serve --exit-when-idle 300`).
+    [submitted] = _submissions(url)
+    assert submitted["jobQueue"] == "tierflow-gpu" and submitted["jobDefinition"] == "tierflow-worker"
+    assert submitted["jobName"].startswith("tierflow-worker-") and "command" not in submitted["containerOverrides"]
+    assert sorted((r["type"], r["value"]) for r in submitted["containerOverrides"]["resourceRequirements"]) == [
+        ("GPU", "1"), ("MEMORY", "30000"), ("VCPU", "8")]
+    # The job waits in the database for a worker to claim it: nothing marked it as taken.
+    assert [(j["status"], j["worker_id"]) for j in conn.execute("SELECT status, worker_id FROM generation_jobs")] == [
+        ("queued", None)]
 
-    # A redelivered generation.requested dispatches nothing again.
-    conn.execute("INSERT INTO bus_deliveries (consumer, outbox_id) SELECT 'on_generation_requested', id FROM outbox "
-                 "WHERE topic = 'generation.requested'")
-    bus.drain(deps, list(FUNCTIONS.values()), dispatch)
-    statuses = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
-    assert sum(len(batch.list_jobs(jobQueue="tierflow-gpu", jobStatus=s)["jobSummaryList"]) for s in statuses) == 2
-
-    # Batch jobs that end without the worker reporting (here: moto never runs them) are reported.
-    deadline = time.monotonic() + 30
-    while {d["status"] for d in batch.describe_jobs(jobs=[j["external_job_id"] for j in jobs])["jobs"]} != {"SUCCEEDED"}:
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    # Five unfinished jobs, and the worker job above has ended (moto ends every job at once):
+    # three new ones, the limit.
+    scenes.submit_scene(deps, project="p", name="four", aspect="16:9", tier="production",
+                        segments=[SegmentSpec(prompt=str(i), seed=i) for i in range(4)])
+    deps.dispatcher._active = None  # what it counted a moment ago (1) would still answer "enough" for 1 job
     with deps.uow() as uow:
-        assert deps.dispatcher.follow(uow.conn, uow.emit) == 2
-    failures = [r["payload"]["data"] for r in conn.execute(
-        "SELECT payload FROM outbox WHERE topic = 'generation.failed' ORDER BY id")]
-    assert [f["job_id"] for f in failures] == [j["id"] for j in jobs]
-    assert all("ended without reporting a result" in f["reason"] and f["retryable"] for f in failures)
+        assert deps.dispatcher.active_workers() == 0
+        assert deps.dispatcher.ensure_workers(uow.conn) == 3
+        # Counted just now: a burst of requests for these jobs does not ask Batch again.
+        assert deps.dispatcher.ensure_workers(uow.conn) == 0
+    assert len(_submissions(url)) == 4
+    # Three counts of 5 states each: the first scaling, the check above, the second scaling; none since.
+    assert len([r for r in _recorded(url) if r["url"].endswith("/v1/listjobs")]) == 15
+
+    # Nothing unfinished: nothing asked for.
+    conn.execute("UPDATE generation_jobs SET status = 'failed', error = 'given up'")
+    with deps.uow() as uow:
+        assert deps.dispatcher.ensure_workers(uow.conn) == 0

@@ -37,7 +37,7 @@ def test_tiers_list_json_prints_the_seed_tiers(cli):
          t["is_deliverable"], t["is_builtin"], t["quality_settings"])
         for t in listed
     ] == [
-        ("draft", "Draft", 512, 512, 5.0, True, 1, False, True, None),
+        ("draft", "Draft", 512, 512, 5.0, True, 1, False, True, {"preset": "veryfast"}),
         ("preview", "Preview", 768, 768, 2.5, False, 2, False, True, None),
         ("production", "Production", 1920, 1080, 1.0, False, 3, True, True, None),
     ]

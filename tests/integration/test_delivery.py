@@ -25,7 +25,9 @@ def gen_deps(module_database_url, tmp_path_factory, tiny_model):
     from infra import embedded
 
     home = tmp_path_factory.mktemp("delivery-home")
-    yield generation_deps(module_database_url, home, tiny_model)
+    deps = generation_deps(module_database_url, home, tiny_model)
+    yield deps
+    deps.close()
     embedded.stop(home)
 
 

@@ -63,6 +63,26 @@ def test_same_recipe_and_size_gives_identical_frames_even_after_reloading(pipeli
     assert first.std() > 0  # real pixels, not a blank frame
 
 
+def test_batched_renders_are_not_bit_identical_to_separate_ones_here_so_workers_do_not_batch(pipeline):
+    """Why a worker renders one sample per pipeline call: two samples rendered in one call (one
+    generator each) are not the frames the same recipes give rendered alone on this device, and a
+    job's frames must not depend on which other jobs shared its call. Should this ever hold, batch
+    same-shape jobs (the workers' claim could take them together)."""
+    import torch
+
+    recipes = [("a fox", 1), ("a cat", 2)]
+    kwargs = {"num_frames": 4, "num_inference_steps": 4, "guidance_scale": 7.5, "width": 512, "height": 288,
+              "output_type": "np"}
+    batched = np.asarray(pipeline(prompt=[p for p, _ in recipes],
+                                  generator=[torch.Generator("cpu").manual_seed(s) for _, s in recipes],
+                                  **kwargs).frames)
+    alone = [np.asarray(pipeline(prompt=p, generator=torch.Generator("cpu").manual_seed(s), **kwargs).frames)[0]
+             for p, s in recipes]
+    assert batched.shape == (2, 4, 288, 512, 3)
+    as_bytes = [media_pipeline._as_uint8_frames(frames[None]) for frames in (*batched, *alone)]
+    assert not all(np.array_equal(as_bytes[i], as_bytes[i + 2]) for i in range(2))
+
+
 def test_a_different_seed_gives_different_frames(pipeline):
     assert not np.array_equal(render(pipeline, 512, 288, seed=1), render(pipeline, 512, 288, seed=2))
 
@@ -131,10 +151,13 @@ def test_h265_and_other_settings_keep_the_exact_size():
     frames = synthetic_frames(3, 512, 288)
     video = media_video.encode_mp4(frames, 8, {"codec": "h265", "crf": 28, "pixel_format": "yuv444p", "fps": 24})
     assert media_video.probe_video(video) == (512, 288, 3)
+    for preset in ("ultrafast", "veryslow"):
+        assert media_video.probe_video(media_video.encode_mp4(frames, 8, {"preset": preset})) == (512, 288, 3)
 
 
 @pytest.mark.parametrize(("settings", "message"), [
     ({"codec": "vp9"}, "quality setting 'codec'"),
+    ({"preset": "warp"}, "quality setting 'preset' is \"warp\" but must be one of ultrafast, superfast"),
     ({"steps": 30}, "is a sampler setting"),
 ])
 def test_bad_quality_settings_are_refused(settings, message):

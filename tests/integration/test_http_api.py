@@ -271,3 +271,26 @@ def test_draft_approve_upscale_and_deliver_over_http(client, api_deps, conn):
     _problem(client.get("/api/deliveries/999999", headers=as_("viewer")), 404)
     _problem(client.post("/api/deliveries", headers=as_("artist"), json={"project": "nope", "scene_ids": [target]}), 404)
     _problem(client.post("/api/deliveries", headers=as_("artist"), json={"project": "studio", "scene_ids": []}), 422)
+
+
+# -- workers --------------------------------------------------------------------------------------
+
+
+def test_workers_are_listed_alive_by_default_and_all_on_request(client, conn):
+    from shared.domain import fleet
+
+    for name in ("busy", "gone", "silent"):
+        fleet.register_worker(conn, f"gpu:{name}", host="gpu", pid=7, device="cuda:0", concurrency=1, models=[])
+    fleet.record_worker(conn, "gpu:busy", state="busy", job_ids=[41], cached_models=["m"], jobs_done=3,
+                        busy_seconds=9.5, idle_seconds=0.5)
+    fleet.record_worker(conn, "gpu:gone", state="stopped", job_ids=[], cached_models=[], jobs_done=1,
+                        busy_seconds=1, idle_seconds=1)
+    conn.execute("UPDATE workers SET heard_at = now() - interval '1 hour' WHERE id = 'gpu:silent'")
+    _problem(client.get("/api/workers"), 401)
+    [busy] = client.get("/api/workers", headers=as_("viewer")).json()
+    assert {k: busy[k] for k in ("worker_id", "state", "job_id", "cached_models", "jobs_done", "busy_seconds")} == {
+        "worker_id": "gpu:busy", "state": "busy", "job_id": 41, "cached_models": ["m"], "jobs_done": 3,
+        "busy_seconds": 9.5}
+    everyone = client.get("/api/workers", params={"all": "true"}, headers=as_("viewer")).json()
+    assert sorted((w["worker_id"], w["state"]) for w in everyone) == [
+        ("gpu:busy", "busy"), ("gpu:gone", "stopped"), ("gpu:silent", "lost")]

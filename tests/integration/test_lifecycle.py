@@ -1,12 +1,14 @@
 """The state machine (shared.domain.lifecycle) and the handlers that drive it, on real PostgreSQL:
-every transition, and late, repeated and out-of-order reports. No rendering: workers' reports are
-sent as the events they would send."""
+every transition, claims and leases, and late, repeated and out-of-order reports. No rendering:
+workers' claims and reports are made as a worker makes them."""
+
+import threading
 
 import pytest
 
 from events import GenerationCompleted, GenerationFailed, GenerationProgress, SceneApproved
 from functions.handlers.registry import FUNCTIONS
-from shared.domain import lifecycle, tiers
+from shared.domain import lifecycle, reports, tiers
 from shared.domain.dimensions import AspectRatio
 from shared.domain.recipe import SegmentSpec, build_recipes
 from shared.domain.scenes import create_scene
@@ -17,26 +19,35 @@ from tests.conftest import make_scene
 SHA = "ab" * 32
 
 
+WORKER = "host:1:w1"
+
+
 class RecordingDispatcher:
-    """The dispatcher port, recording what it was handed instead of starting workers: what is
-    checked here is what the handler asks for (how often, after what pause), not the worker."""
+    """The dispatcher port, counting the times it was asked for workers instead of starting any."""
 
     name = "recording"
 
     def __init__(self):
-        self.submitted: list[tuple[int, int, float]] = []
+        self.asked = 0
 
-    def submit(self, job: dict, delay_seconds: float = 0.0) -> str:
-        self.submitted.append((job["job_id"], job["attempt"], delay_seconds))
-        return f"recording:{len(self.submitted)}"
+    def ensure_workers(self, conn) -> None:
+        self.asked += 1
 
 
-def _scene(conn, segments: int = 2) -> tuple[int, list]:
-    """A pending Draft scene with one queued job per segment; returns its id and the requests."""
+def _claim(conn, request, worker: str = WORKER, lease_seconds: float = 60) -> int | None:
+    return lifecycle.claim_job(conn, worker, lease_seconds=lease_seconds, job_id=request.job_id)
+
+
+def _scene(conn, segments: int = 2, claimed: bool = True, tier: str = "draft") -> tuple[int, list]:
+    """A pending Draft scene with one job per segment, claimed by WORKER unless `claimed` is
+    false (then queued); returns its id and the requests."""
     requests = []
     recipes = build_recipes([SegmentSpec(prompt=f"shot {i}", seed=i, frames=2, steps=2) for i in range(segments)], "m")
     scene_id = create_scene(conn, requests.append, project="studio", name="s", aspect=AspectRatio(16, 9),
-                            tier=tiers.get_tier(conn, "draft"), recipes=recipes)
+                            tier=tiers.get_tier(conn, tier), recipes=recipes)
+    if claimed:
+        for request in requests:
+            assert _claim(conn, request) == request.job_id
     return scene_id, requests
 
 
@@ -78,19 +89,34 @@ def _state(conn, scene_id: int) -> dict:
 
 
 def test_a_new_scene_queues_attempt_one_of_every_segment(conn):
-    scene_id, requests = _scene(conn)
+    scene_id, requests = _scene(conn, claimed=False)
     assert [(r.attempt, r.width, r.height, r.tier) for r in requests] == [(1, 512, 288, "draft")] * 2
     assert _state(conn, scene_id)["jobs"] == [(0, 1, "pending", "queued"), (1, 1, "pending", "queued")]
 
 
 def test_progress_starts_job_segment_and_scene_and_only_ever_grows(deps, conn):
-    scene_id, [first, _] = _scene(conn)
+    scene_id, [first, second] = _scene(conn)
     _report(deps, _progress(first, 3))
     _report(deps, _progress(first, 1))  # out of order: an older report arrives late
     state = _state(conn, scene_id)
     assert state["scene"] == "generating"
     assert state["jobs"][0] == (0, 1, "generating", "running") and state["progress"][0] == 0.75
-    assert state["jobs"][1] == (1, 1, "pending", "queued")
+    assert state["jobs"][1] == (1, 1, "pending", "running") and state["progress"][1] == 0
+
+
+def test_only_a_claim_starts_a_job(deps, conn):
+    """A report of a job nobody holds (never claimed, or given back to the queue) moves nothing:
+    a queued job marked running with no worker would never be claimed again."""
+    scene_id, [only] = _scene(conn, segments=1, claimed=False)
+    assert _report(deps, _progress(only, 1)) == [] and _report(deps, _completed(only)) == []
+    assert _state(conn, scene_id) == {"scene": "pending", "jobs": [(0, 1, "pending", "queued")], "progress": [0],
+                                      "errors": [None]}
+    assert _claim(conn, only) == only.job_id
+    assert _claim(conn, only, worker="host:2:w2") is None  # claimed once
+    assert lifecycle.release_job(conn, only.job_id, WORKER)  # a stopping worker gives it back
+    assert _report(deps, _progress(only, 2)) == []  # its late report
+    assert _state(conn, scene_id)["jobs"] == [(0, 1, "pending", "queued")]
+    assert _claim(conn, only, worker="host:2:w2") == only.job_id  # the same attempt, for another worker
 
 
 def test_a_scene_is_generated_when_its_last_segment_is(deps, conn):
@@ -132,6 +158,7 @@ def test_attempts_run_out_then_segment_and_scene_fail_with_the_reason(deps, conn
     scene_id, [only] = _scene(conn, segments=1)
     [second] = _report(deps, _failed(only, "first"), max_attempts=2)
     retry = type(only).model_validate(second["data"])
+    _claim(conn, retry)
     assert _report(deps, _failed(retry, "second"), max_attempts=2) == []
     state = _state(conn, scene_id)
     assert state["scene"] == "failed" and state["errors"] == ["first", "second"]
@@ -154,6 +181,7 @@ def test_a_scene_failed_by_one_segment_stays_failed_until_that_segment_is_retrie
     assert lifecycle.reset_failed_segments(conn, [bad.segment_id, good.segment_id]) == [bad.segment_id]
     assert lifecycle.reopen_scene(conn, scene_id) and not lifecycle.reopen_scene(conn, scene_id)
     assert _state(conn, scene_id)["scene"] == "generating"
+    _claim(conn, retry)
     _report(deps, _completed(retry))
     assert _state(conn, scene_id)["scene"] == "generated"
 
@@ -205,42 +233,123 @@ def test_deliveries_are_decided_once(conn):
         ("completed", None, "deliveries/1/manifest.json"), ("rejected", reasons, None)]
 
 
-def test_the_retry_policy():
-    assert [lifecycle.retry_delay_seconds(attempt, 1.5) for attempt in (1, 2, 3, 4)] == [0.0, 1.5, 3.0, 6.0]
+def test_the_retry_policy_waits_in_the_queue_not_in_a_worker(deps, conn):
     assert lifecycle.should_retry(2, 3, retryable=True)
     assert not lifecycle.should_retry(3, 3, retryable=True)
     assert not lifecycle.should_retry(1, 3, retryable=False)
-
-
-def test_a_retry_is_dispatched_after_the_backoff(deps, conn):
-    dispatcher = RecordingDispatcher()
-    ports = Ports(deps.settings.model_copy(update={"retry_backoff_seconds": 1.5}), storage=None,
-                  dispatcher=lambda: dispatcher)
     _, [only] = _scene(conn, segments=1)
     requests = [only]
-    while True:
-        for _ in range(2):  # a redelivered request is dispatched once
-            with deps.uow() as uow:
-                FUNCTIONS["on_generation_requested"].handle(requests[-1], uow, ports)
-        if len(requests) == 3:
-            break
-        [retry] = _report(deps, _failed(requests[-1]))  # attempts 1 and 2 fail: 2 and 3 are queued
+    for _ in range(2):  # attempts 1 and 2 fail: 2 and 3 are queued, each after its pause
+        [retry] = _report(deps, _failed(requests[-1]), retry_backoff_seconds=30)
         requests.append(type(only).model_validate(retry["data"]))
-    assert dispatcher.submitted == [(r.job_id, r.attempt, delay) for r, delay in zip(requests, [0.0, 1.5, 3.0])]
-    assert [r["external_job_id"] for r in conn.execute(
-        "SELECT external_job_id FROM generation_jobs ORDER BY attempt")] == ["recording:1", "recording:2", "recording:3"]
+        assert _claim(conn, requests[-1]) is None  # not before its time
+        conn.execute("UPDATE generation_jobs SET not_before = now() WHERE id = %s", [requests[-1].job_id])
+        assert _claim(conn, requests[-1]) == requests[-1].job_id
+    pauses = [r["pause"] for r in conn.execute(
+        "SELECT EXTRACT(EPOCH FROM not_before - created_at)::float8 AS pause FROM generation_jobs ORDER BY attempt")]
+    assert pauses[0] == pytest.approx(0, abs=0.5)  # attempt 1 queued at once (its not_before set above for the rest)
+    assert lifecycle.queue_attempt(conn, only.segment_id, 30).attempt == 4
+    last = conn.execute("SELECT EXTRACT(EPOCH FROM not_before - created_at)::float8 AS pause FROM generation_jobs "
+                        "WHERE attempt = 4").fetchone()["pause"]
+    assert last == pytest.approx(120, abs=1)  # 30 s for attempt 2, 60 s for 3, 120 s for 4
 
 
-def test_one_failing_dispatch_never_dispatches_its_neighbours_twice(deps, conn):
+def test_generation_requested_asks_for_workers_and_changes_no_job(deps, conn):
     dispatcher = RecordingDispatcher()
-    deps.__dict__["dispatcher"] = dispatcher  # the port this process's handlers are given
-    _, requests = _scene(conn, segments=2)
-    missing = requests[0].model_copy(update={"job_id": 999_999})
+    ports = Ports(deps.settings, storage=None, dispatcher=lambda: dispatcher)
+    scene_id, [only] = _scene(conn, segments=1, claimed=False)
+    for _ in range(2):  # a redelivery asks again, which is harmless
+        with deps.uow() as uow:
+            FUNCTIONS["on_generation_requested"].handle(only, uow, ports)
+    assert dispatcher.asked == 2
+    assert _state(conn, scene_id)["jobs"] == [(0, 1, "pending", "queued")]
+
+
+def test_concurrent_claims_take_every_job_exactly_once(deps, conn):
+    for _ in range(10):
+        _scene(conn, segments=10, claimed=False)
+    claimed: dict[str, list[int]] = {}
+
+    def work(worker: str) -> None:
+        mine = claimed.setdefault(worker, [])
+        with deps.connect() as own:
+            while (job := lifecycle.claim_job(own, worker, lease_seconds=60)) is not None:
+                mine.append(job)
+
+    threads = [threading.Thread(target=work, args=(f"host:{i}:w",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    every = [job for jobs in claimed.values() for job in jobs]
+    assert len(every) == len(set(every)) == 100
+    rows = conn.execute("SELECT status, worker_id, lease_expires_at > now() AS leased FROM generation_jobs").fetchall()
+    assert {(r["status"], r["leased"]) for r in rows} == {("running", True)}
+    assert {r["worker_id"] for r in rows} <= set(claimed)
+
+
+def test_a_worker_prefers_its_loaded_model_and_last_size_but_no_job_starves(deps, conn):
+    def scene(model: str, tier: str) -> int:
+        requests = []
+        create_scene(conn, requests.append, project="studio", name=f"{model}-{tier}", aspect=AspectRatio(16, 9),
+                     tier=tiers.get_tier(conn, tier), recipes=build_recipes([SegmentSpec(prompt="p", seed=1)], model))
+        return requests[0].job_id
+
+    old_other, other_draft, mine_preview, mine_draft = (
+        scene("other", "draft"), scene("other", "draft"), scene("mine", "preview"), scene("mine", "draft"))
+    conn.execute("UPDATE generation_jobs SET not_before = now() - interval '1 hour' WHERE id = %s", [old_other])
+
+    def claim(**prefs) -> int:
+        return lifecycle.claim_job(conn, WORKER, lease_seconds=60, affinity_max_wait_seconds=600, **prefs)
+
+    assert claim(loaded_models=["mine"], last_size=(512, 288)) == old_other  # waited past the limit: first
+    assert claim(loaded_models=["mine"], last_size=(512, 288)) == mine_draft  # loaded model and last size
+    assert claim(loaded_models=["mine"], last_size=(512, 288), models=["other", "mine"]) == mine_preview
+    assert claim(models=["mine"]) is None  # only jobs of the models it serves
+    assert claim() == other_draft
+
+
+def test_an_expired_lease_fails_the_attempt_and_queues_the_next(deps, conn):
+    scene_id, [lost, kept] = _scene(conn)
+    # The worker of `lost` went silent 4 s after its claim, and its lease has run out since.
+    conn.execute("UPDATE generation_jobs SET claimed_at = heard_at - interval '4 seconds', "
+                 "lease_expires_at = now() - interval '1 second' WHERE id = %s", [lost.job_id])
+    emitted = []
     with deps.uow() as uow:
-        for request in (requests[0], missing, requests[1]):
-            uow.emit(request)
-    dispatch = [FUNCTIONS["on_generation_requested"]]
-    outcomes = []
-    bus.drain(deps, dispatch, dispatch, on_outcome=lambda f, o: outcomes.append(o))
-    assert [job for job, _, _ in dispatcher.submitted] == [requests[0].job_id, requests[1].job_id]
-    assert [reason for o in outcomes for _, reason in o.dead] == ["refused: generation job 999999 does not exist"]
+        swept = reports.sweep_expired_leases(uow.conn, emitted.append, max_attempts=3, retry_backoff_seconds=0,
+                                             similarity_threshold=0.5)
+    assert swept == [lost.job_id]
+    assert [e.type for e in emitted] == ["generation.requested", "generation.failed"]
+    [failed] = [r for r in conn.execute("SELECT * FROM generation_jobs WHERE id = %s", [lost.job_id])]
+    assert failed["status"] == "failed" and failed["lease_expires_at"] is None
+    assert failed["error"].startswith("worker lost: lease expired, last heard at ") and WORKER in failed["error"]
+    assert failed["held_seconds"] == pytest.approx(4, abs=0.1)
+    assert _state(conn, scene_id)["jobs"] == [(0, 1, "pending", "failed"), (0, 2, "pending", "queued"),
+                                              (1, 1, "pending", "running")]
+    with deps.uow() as uow:  # nothing twice
+        assert reports.sweep_expired_leases(uow.conn, emitted.append, max_attempts=3, retry_backoff_seconds=0,
+                                            similarity_threshold=0.5) == []
+    # The lost worker comes back: it holds nothing any more, so it may report nothing of it.
+    assert lifecycle.renew_leases(conn, WORKER, [lost.job_id, kept.job_id], 60) == [kept.job_id]
+    assert not lifecycle.hand_in(conn, lost.job_id, WORKER)
+    assert lifecycle.hand_in(conn, kept.job_id, WORKER)  # a written result ends the lease: it cannot be lost now
+    assert lifecycle.expired_jobs(conn) == [] and lifecycle.renew_leases(conn, WORKER, [kept.job_id], 60) == []
+
+
+def test_usage_reports_the_saving_drafting_realised_on_held_seconds(deps, conn):
+    from shared.domain.usage import device_seconds
+
+    _, drafts = _scene(conn, segments=3)
+    _, [final] = _scene(conn, segments=1, tier="production")
+    for request, held in [*((d, 1.0) for d in drafts), (final, 10.0)]:
+        _report(deps, _completed(request, held_seconds=held, load_seconds=0.0, worker_id=WORKER))
+    report = device_seconds(conn)
+    # Spent 3 x 1 + 10 held seconds; the four generated segments at Production, priced at the
+    # measured 10 s a Production job held, would have held 40.
+    assert report["projects"] == {"studio": {"final_tier": "production", "held_seconds": 13.0,
+                                             "at_final_tier_seconds": 40.0, "saving": 0.675}}
+    assert report["fleet"] == {"workers": 0, "busy_seconds": 0.0, "alive_seconds": 0.0, "utilisation": None}
+    # A job that did not say what it held leaves the saving unknown rather than flattered.
+    _, [unmeasured] = _scene(conn, segments=1)
+    _report(deps, _completed(unmeasured))
+    assert device_seconds(conn)["projects"]["studio"]["saving"] is None

@@ -36,7 +36,7 @@ def test_seed_tiers_have_the_seed_values(conn):
         "FROM resolution_tiers ORDER BY sort_order"
     ).fetchall()
     assert [tuple(r.values()) for r in rows] == [
-        ("draft", 512, 512, None, 5.0, True, 1, False, True),
+        ("draft", 512, 512, {"preset": "veryfast"}, 5.0, True, 1, False, True),
         ("preview", 768, 768, None, 2.5, False, 2, False, True),
         ("production", 1920, 1080, None, 1.0, False, 3, True, True),
     ]

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -24,12 +25,14 @@ QUICK = [SegmentSpec(prompt="a red fox in snow", seed=5, frames=2, steps=2)]
 
 class RefusingProxy:
     """A TCP front for the test's PostgreSQL (a unix socket) that drops the first `refusals`
-    connections at once, as a database restarting or failing over does."""
+    connections at once, as a database restarting or failing over does, and, once `go_away()`
+    is called, drops every live connection and refuses every new one."""
 
-    def __init__(self, database_url: str, refusals: int):
+    def __init__(self, database_url: str, refusals: int = 0):
         params = conninfo_to_dict(database_url)
         self.socket_path = os.path.join(params["host"], f".s.PGSQL.{params.get('port') or 5432}")
-        self.refusals, self.connections = refusals, 0
+        self.refusals, self.connections, self.refusing = refusals, 0, False
+        self.live: list[socket.socket] = []
         [self.port] = free_ports()
         self.url = make_conninfo(database_url, host="127.0.0.1", port=str(self.port))
         self.listener = socket.create_server(("127.0.0.1", self.port))
@@ -42,11 +45,12 @@ class RefusingProxy:
             except OSError:
                 return  # closed
             self.connections += 1
-            if self.connections <= self.refusals:
+            if self.connections <= self.refusals or self.refusing:
                 client.close()
                 continue
             server = socket.socket(socket.AF_UNIX)
             server.connect(self.socket_path)
+            self.live += [client, server]
             for source, target in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
 
@@ -64,21 +68,35 @@ class RefusingProxy:
                 except OSError:
                     pass
 
+    def go_away(self) -> None:
+        self.refusing = True
+        for end in self.live:
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def close(self) -> None:
         self.listener.close()
 
 
-def _run_worker(gen_deps, conn, tmp_path, database_url: str, **env) -> subprocess.CompletedProcess:
-    """Submit one Draft segment and run its job in a worker process of its own (nothing else runs it)."""
-    scene_id = scenes.submit_scene(gen_deps, project="p", name="s", aspect="16:9", segments=QUICK)
+def _start_worker(gen_deps, conn, tmp_path, database_url: str, segments=QUICK, **env) -> subprocess.Popen:
+    """Submit one Draft segment and start a one-job worker process for it (nothing else runs it)."""
+    scene_id = scenes.submit_scene(gen_deps, project="p", name="s", aspect="16:9", segments=segments)
     job_id = conn.execute("SELECT j.id FROM generation_jobs j JOIN segments g ON g.id = j.segment_id "
                           "WHERE g.scene_id = %s", [scene_id]).fetchone()["id"]
     path = tmp_path / "job.json"
     path.write_text(json.dumps(job_document(conn, job_id)))
     worker_env = {**{k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")},
                   "TIERFLOW_HOME": str(gen_deps.settings.home), "TIERFLOW_DATABASE_URL": database_url, **env}
-    return subprocess.run([sys.executable, "-m", "functions.worker", "--job", str(path)], env=worker_env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.Popen([sys.executable, "-m", "functions.worker", "--job", str(path)], env=worker_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _run_worker(*args, **env) -> subprocess.CompletedProcess:
+    worker = _start_worker(*args, **env)
+    stdout, stderr = worker.communicate(timeout=300)
+    return subprocess.CompletedProcess(worker.args, worker.returncode, stdout, stderr)
 
 
 def _reports(conn) -> list[str]:
@@ -98,12 +116,30 @@ def test_reports_are_retried_while_the_database_refuses_connections(gen_deps, co
 
 
 def test_a_report_that_cannot_be_written_is_never_claimed(gen_deps, conn, database_url, tmp_path):
+    proxy = RefusingProxy(database_url)
+    slow = [SegmentSpec(prompt="a slow fox", seed=5, frames=2, steps=80)]
+    try:
+        worker = _start_worker(gen_deps, conn, tmp_path, proxy.url, slow, TIERFLOW_REPORT_RETRY_SECONDS="1")
+        deadline = time.monotonic() + 120
+        while conn.execute("SELECT status FROM generation_jobs").fetchone()["status"] != "running":
+            assert time.monotonic() < deadline, "the worker did not claim its job"
+            time.sleep(0.05)
+        proxy.go_away()  # while it renders
+        _, stderr = worker.communicate(timeout=300)
+    finally:
+        proxy.close()
+    assert worker.returncode == 4, stderr
+    assert "could not write generation.progress of job" in stderr and "nothing was reported" in stderr
+    assert "failed (reported)" not in stderr
+    assert not {"generation.completed", "generation.failed"} & set(_reports(conn))
+
+
+def test_a_worker_that_cannot_reach_its_database_says_so_at_once(gen_deps, conn, database_url, tmp_path):
     [closed_port] = free_ports()
     unreachable = make_conninfo(database_url, host="127.0.0.1", port=str(closed_port))
     lost = _run_worker(gen_deps, conn, tmp_path, unreachable, TIERFLOW_REPORT_RETRY_SECONDS="1")
-    assert lost.returncode == 4
-    assert "could not write generation.progress of job" in lost.stderr and "nothing was reported" in lost.stderr
-    assert "failed (reported)" not in lost.stderr
+    assert lost.returncode == 1
+    assert "cannot reach the database" in lost.stderr and "Connection refused" in lost.stderr
     assert _reports(conn) == []
 
 

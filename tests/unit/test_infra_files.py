@@ -94,3 +94,18 @@ def test_hadolint_passes_on_every_dockerfile():
     result = subprocess.run([str(Path(sys.executable).parent / "hadolint"), "--failure-threshold", "info",
                              *dockerfiles], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_workers_on_batch_and_kubernetes_run_the_warm_worker_scaled_on_the_same_query():
+    from shared.adapters.dispatch import BATCH_WORKER_COMMAND, JOBS_NEEDING_A_WORKER
+
+    definition = _template()["Resources"]["WorkerJobDefinition"]["Properties"]
+    assert definition["ContainerProperties"]["Command"] == BATCH_WORKER_COMMAND
+    deployment, scaler = yaml.safe_load_all((ROOT / "infra" / "k8s" / "worker.yaml").read_text())
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["args"][:2] == ["worker", "serve"]
+    grace = float(container["args"][container["args"].index("--grace") + 1])
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace
+    [trigger] = scaler["spec"]["triggers"]
+    assert trigger["type"] == "postgresql" and trigger["metadata"]["query"] == JOBS_NEEDING_A_WORKER
+    assert trigger["metadata"]["connectionFromEnv"] in {e["name"] for e in container["env"]}
