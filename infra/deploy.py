@@ -15,7 +15,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from shared.adapters.dispatch import BATCH_WORKER_COMMAND, batch_resource_requirements
+from shared.adapters.dispatch import BATCH_WORKER_COMMAND, BATCH_WORKER_TIMEOUT_SECONDS, batch_resource_requirements
 from shared.errors import InvalidInput, ServiceUnavailable
 
 LOCALSTACK_ENDPOINT = "http://127.0.0.1:4566"
@@ -184,7 +184,7 @@ class _Deployer:
         self.step(f"batch job definition {settings.batch_job_definition}", bool(definitions),
                   lambda: batch.register_job_definition(
                       jobDefinitionName=settings.batch_job_definition, type="container",
-                      retryStrategy={"attempts": 1},
+                      retryStrategy={"attempts": 1}, timeout={"attemptDurationSeconds": BATCH_WORKER_TIMEOUT_SECONDS},
                       containerProperties={
                           "image": WORKER_IMAGE, "command": BATCH_WORKER_COMMAND,
                           "resourceRequirements": batch_resource_requirements(settings)}),

@@ -69,6 +69,14 @@ class Settings(BaseSettings):
         description="Longest a queued job waits while workers prefer jobs of their loaded model and last size.",
     )
     batch_max_workers: int = Field(default=4, ge=1, le=10000, description="Most AWS Batch worker jobs at once.")
+    event_retention_days: float = Field(
+        default=7.0, gt=0, le=3650,
+        description="Sent outbox events and the record of applied events are deleted after this many days.",
+    )
+    shutdown_grace_seconds: int = Field(
+        default=20, ge=0, le=3600,
+        description="On SIGTERM, how long serve and consume give open streams and the jobs in hand before exiting.",
+    )
     max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts per generation job before it fails for good.")
     retry_backoff_seconds: float = Field(default=2.0, ge=0, le=3600, description="Pause before a retry; doubles each time.")
     report_retry_seconds: float = Field(
@@ -133,6 +141,8 @@ class Settings(BaseSettings):
             "job_lease_seconds": str(self.job_lease_seconds),
             "worker_cache_models": str(self.worker_cache_models),
             "affinity_max_wait_seconds": str(self.affinity_max_wait_seconds),
+            "shutdown_grace_seconds": str(self.shutdown_grace_seconds),
+            "event_retention_days": str(self.event_retention_days),
             "max_attempts": str(self.max_attempts),
             "retry_backoff_seconds": str(self.retry_backoff_seconds),
             "report_retry_seconds": str(self.report_retry_seconds),

@@ -3,7 +3,7 @@
 import json
 
 from functions.cli.jobs import DEPLOYED
-from functions.cli.parsing import add_command
+from functions.cli.parsing import add_command, positive_number
 from shared.domain import delivery
 from shared.runtime import drive
 
@@ -27,7 +27,13 @@ def cmd_deliver(deps, args) -> int:
         return 1 if reasons else 0
 
     delivery_id = delivery.request_delivery(deps, args.project, args.scene_ids, requested_by="cli")
-    drive.run_until(deps, DEPLOYED, lambda conn: drive.delivery_decided(conn, delivery_id), settle=False)
+    try:
+        drive.run_until(deps, DEPLOYED, lambda conn: drive.delivery_decided(conn, delivery_id), settle=False,
+                        timeout=args.timeout)
+    except drive.TimedOut:
+        runs_here = "" if deps.settings.embedded_bus else " (is `tierflow consume` running?)"
+        raise drive.TimedOut(f"delivery {delivery_id} was requested but not decided within {args.timeout:g} s"
+                             f"{runs_here}; its outcome, later: GET /api/deliveries/{delivery_id}") from None
     with deps.connect() as conn:
         result = delivery.get_delivery(conn, delivery_id, deps.s3, deps.bucket)
     if args.json:
@@ -50,3 +56,5 @@ def register(commands) -> None:
     deliver.add_argument("scene_ids", nargs="+", type=int, metavar="SCENE_ID")
     deliver.add_argument("--check", action="store_true",
                          help="only show what would be refused and why; records nothing")
+    deliver.add_argument("--timeout", type=positive_number, default=120.0, metavar="SECONDS",
+                         help="give up waiting for the outcome after this long (default 120); the delivery stays")

@@ -6,6 +6,7 @@ embedded bus over the PostgreSQL outbox.
 
 import json
 import signal
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -14,10 +15,12 @@ from events import ALL_TOPICS, EVENT_TYPES, envelope_for, topic_for
 from events.errors import validated
 from functions.cli.jobs import DEPLOYED, start_runtime_workers
 from functions.cli.parsing import add_command, add_group
+from functions.cli.stack import start_pruning
 from functions.handlers.registry import FUNCTIONS
 from shared.errors import InvalidInput, NotFound
 from shared.runtime import bus, dead_letters, outbox
 from shared.runtime.consumer import Function, Outcome
+from shared.runtime.supervise import Supervised
 
 
 def _functions(names: list[str]) -> list[Function]:
@@ -162,27 +165,33 @@ def cmd_events_dlq(deps, args) -> int:
 def cmd_relay(deps, args) -> int:
     stop = _stop_on_signals()
     settings = deps.settings
-    with deps.connect() as conn:
-        outbox.listen_for_outbox(conn)
-        if settings.embedded_bus:
-            relay_once = lambda: bus.relay_to_bus(conn, DEPLOYED)  # noqa: E731
-        else:
-            from shared.runtime.kafka_bus import ensure_topics, make_producer, relay_to_kafka
+    supervised, total, kafka = Supervised("relay"), [0], {}
 
-            ensure_topics(settings.kafka_bootstrap, settings.kafka_partitions)
-            producer = make_producer(settings.kafka_bootstrap)
-            relay_once = lambda: relay_to_kafka(conn, producer)  # noqa: E731
-        total = 0
-        while not stop.is_set():
-            sent = relay_once()
-            total += sent
-            if sent:
-                print(f"relayed {sent} event(s)", flush=True)
-            elif args.once:
-                break
+    def loop() -> None:  # again after every outage of PostgreSQL or Kafka
+        with deps.connect() as conn:
+            outbox.listen_for_outbox(conn)
+            if settings.embedded_bus:
+                relay_once = lambda: bus.relay_to_bus(conn, DEPLOYED)  # noqa: E731
             else:
-                outbox.wait_for_outbox(conn, timeout=1.0)
-    print(f"relay stopped after {total} event(s)", flush=True)
+                from shared.runtime.kafka_bus import ensure_topics, make_producer, relay_to_kafka
+
+                if "producer" not in kafka:
+                    ensure_topics(settings.kafka_bootstrap, settings.kafka_partitions)
+                    kafka["producer"] = make_producer(settings.kafka_bootstrap)
+                relay_once = lambda: relay_to_kafka(conn, kafka["producer"])  # noqa: E731
+            while not stop.is_set():
+                sent = relay_once()
+                supervised.cycle()
+                total[0] += sent
+                if sent:
+                    print(f"relayed {sent} event(s)", flush=True)
+                elif args.once:
+                    return
+                else:
+                    outbox.wait_for_outbox(conn, timeout=1.0)
+
+    supervised.run(loop, stop.is_set)
+    print(f"relay stopped after {total[0]} event(s)", flush=True)
     return 0
 
 
@@ -191,6 +200,8 @@ def cmd_consume(deps, args) -> int:
     stop = _stop_on_signals()
     if any(f.name == "on_generation_requested" for f in functions):
         start_runtime_workers(deps, stop)
+    if not args.once:
+        start_pruning(deps, stop)
     try:
         return _consume(deps, args, functions, stop)
     finally:
@@ -224,7 +235,17 @@ def _consume(deps, args, functions, stop) -> int:
 
     runners = [KafkaFunctionRunner(deps, f, settings.kafka_bootstrap, producer) for f in functions]
     print(f"consuming from Kafka at {settings.kafka_bootstrap}: {names}", flush=True)
-    threads = [threading.Thread(target=r.run, args=(should_stop, on_outcome), name=r.function.name) for r in runners]
+    crashed: list[str] = []
+
+    def run(runner) -> None:
+        try:
+            runner.run(should_stop, on_outcome)
+        except BaseException as exc:  # noqa: BLE001 - a bug: every runner stops and the process says so
+            crashed.append(f"{runner.function.name}: {type(exc).__name__}: {exc}")
+            stop.set()
+            raise
+
+    threads = [threading.Thread(target=run, args=(r,), name=r.function.name) for r in runners]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -232,6 +253,9 @@ def _consume(deps, args, functions, stop) -> int:
             thread.join(0.2)  # wake up for signals
     producer.close()
     print(f"consumers stopped at {datetime.now(timezone.utc):%H:%M:%S}", flush=True)
+    if crashed:
+        print(f"tierflow consume: stopped because a consumer failed: {'; '.join(crashed)}", file=sys.stderr)
+        return 1
     return 0
 
 

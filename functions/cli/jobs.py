@@ -13,6 +13,7 @@ from functions.handlers.registry import FUNCTIONS
 from shared.domain import fleet, recipe, scenes, upscale, usage
 from shared.errors import InvalidInput
 from shared.runtime import drive
+from shared.runtime.supervise import Supervised
 
 DEPLOYED = list(FUNCTIONS.values())  # what `--wait` runs on the embedded bus
 
@@ -110,10 +111,10 @@ def wait_for_scene(deps, scene_id: int) -> dict:
     return scene
 
 
-def start_runtime_workers(deps, stop) -> threading.Thread:
+def start_runtime_workers(deps, stop) -> Supervised:
     """What `serve` and `consume` run besides the handlers: the lease sweeper (a thread, until
-    `stop` is set) and, on the embedded default, the warm local workers. Jobs whose workers were
-    lost already are failed and retried at once, and said so."""
+    `stop` is set; its supervision is returned) and, on the embedded default, the warm local
+    workers. Jobs whose workers were lost already are failed and retried at once, and said so."""
     lost = drive.sweep_lost_jobs(deps)
     if lost:
         print(f"generation jobs {', '.join(map(str, lost))} lost their worker; their next attempts are queued",
@@ -122,10 +123,11 @@ def start_runtime_workers(deps, stop) -> threading.Thread:
         deps.dispatcher.ensure_workers()
         print(f"{deps.settings.local_workers} local worker(s) serving (logs in "
               f"{deps.settings.home.resolve() / 'logs'})", flush=True)
-    sweeper = threading.Thread(target=drive.sweep_leases_until, name="lease-sweeper", daemon=True,
-                               args=(deps, stop.is_set, lambda line: print(line, flush=True)))
-    sweeper.start()
-    return sweeper
+    supervised = Supervised("lease sweeper", lambda line: print(line, flush=True),
+                            stale_after=max(60.0, 3 * drive.sweep_period(deps.settings)))
+    threading.Thread(target=drive.sweep_leases_until, name="lease-sweeper", daemon=True,
+                     args=(deps, stop.is_set, supervised)).start()
+    return supervised
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,11 +1,14 @@
 """`tierflow serve` (the HTTP API and web UI) and `tierflow api-keys` (who may use them)."""
 
 import json
+import sys
 import threading
 
 from functions.cli.jobs import DEPLOYED, start_runtime_workers
 from functions.cli.parsing import add_command, add_group
+from functions.cli.stack import start_pruning
 from shared.domain import access
+from shared.runtime.supervise import Supervised
 
 
 def cmd_serve(deps, args) -> int:
@@ -14,37 +17,59 @@ def cmd_serve(deps, args) -> int:
     from functions.http.app import create_app
     from shared.runtime import bus
 
+    settings = deps.settings
+    stop, runtime, crashed = threading.Event(), None, []
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
-            # SIGTERM/SIGINT is the normal way to stop: shut down and exit 0 (uvicorn would
-            # re-raise the signal once it has shut down).
+            # SIGTERM/SIGINT is the normal way to stop: at once nothing new starts (no event
+            # applied, no job claimed, live streams end); within the grace period the server
+            # closes its connections and the local workers finish or give back their jobs; exit 0.
+            # (uvicorn would re-raise the signal once it has shut down.)
             self.should_exit = True
+            stop.set()
+            if settings.dispatcher == "local" and "dispatcher" in deps.__dict__:
+                deps.dispatcher.stop()
 
-    settings = deps.settings
     keys_file = access.ensure_local_admin_key(settings)
     access.load_keys(settings)  # a broken keys setting is refused now, not at the first request
     deps.connect().close()  # the database is reachable (and the embedded one migrated) before we listen
     # On the embedded bus this process also runs the handlers and the local workers, so a job
     # submitted in the browser is generated with nothing else running; on Kafka they run elsewhere.
-    stop, runtime = threading.Event(), None
+    app = create_app(deps)
+    app.state.stopping = stop
+    server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                   timeout_graceful_shutdown=settings.shutdown_grace_seconds))
+
+    bus_loop = Supervised("embedded bus")
+
+    def run_runtime() -> None:
+        try:
+            bus.run_bus(deps, DEPLOYED, DEPLOYED, should_stop=stop.is_set, supervision=bus_loop)
+        except BaseException as exc:  # noqa: BLE001 - a bug: serve must not go on without its handlers
+            crashed.append(f"{type(exc).__name__}: {exc}")
+            server.should_exit = True
+            raise
+
     url = f"http://{args.host}:{args.port}/"
     print(f"Tierflow at {url} (API under {url}api, OpenAPI at {url}openapi.json)", flush=True)
     print(f"API keys: {keys_file} (the admin key is in it)" if keys_file else "API keys: from TIERFLOW_API_KEYS",
           flush=True)
     if settings.embedded_bus and not args.api_only:
-        start_runtime_workers(deps, stop)
-        runtime = threading.Thread(target=bus.run_bus, name="embedded-bus", daemon=True,
-                                   args=(deps, DEPLOYED, DEPLOYED), kwargs={"should_stop": stop.is_set})
+        app.state.loops = [bus_loop, start_runtime_workers(deps, stop), start_pruning(deps, stop)]
+        runtime = threading.Thread(target=run_runtime, name="embedded-bus", daemon=True)
         runtime.start()
         print("handlers, the lease sweeper and the local workers run with this process (embedded bus)", flush=True)
     try:
-        server = Server(uvicorn.Config(create_app(deps), host=args.host, port=args.port, log_level="warning"))
         server.run()
     finally:
         stop.set()
         if runtime:
             runtime.join(timeout=10)
         deps.close()  # the local workers finish or give back their jobs; queued ones wait for the next start
+    if crashed:
+        print(f"tierflow serve: stopped because the embedded bus failed: {crashed[0]}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,7 +1,12 @@
-"""`tierflow db …`, `stack …` and `config show`: the schema, the embedded servers and the settings."""
+"""`tierflow db …`, `stack …` and `config show`: the schema and its retention, the embedded servers
+and the settings."""
 
-from functions.cli.parsing import add_command, add_group, print_json, print_table
+import threading
+
+from functions.cli.parsing import add_command, add_group, positive_number, print_json, print_table
 from shared.adapters import db
+from shared.runtime import drive, outbox
+from shared.runtime.supervise import Supervised
 
 
 def cmd_db_migrate(deps, args) -> int:
@@ -87,11 +92,39 @@ def cmd_config_show(deps, args) -> int:
     return 0
 
 
+def cmd_db_prune(deps, args) -> int:
+    days = deps.settings.event_retention_days if args.older_than is None else args.older_than
+    outbox.check_retention(deps.settings, days)
+    with deps.connect() as conn:
+        deleted = outbox.prune(conn, days)
+    if args.json:
+        print_json({"older_than_days": days, "deleted": deleted})
+    else:
+        print(f"deleted {deleted['outbox']} sent event(s) and {deleted['processed_events']} applied-event "
+              f"record(s) older than {days:g} days")
+    return 0
+
+
+def start_pruning(deps, stop) -> Supervised:
+    """Run the hourly event pruning of `serve` and `consume` (a thread, until `stop` is set);
+    returns its supervision."""
+    supervised = Supervised("event pruning", lambda line: print(line, flush=True),
+                            stale_after=3 * drive.PRUNE_EVERY_SECONDS)
+    threading.Thread(target=drive.prune_until, name="event-pruning", daemon=True,
+                     args=(deps, stop.is_set, supervised)).start()
+    return supervised
+
+
 def register_db(commands) -> None:
     """Add `db` to the `tierflow` parser."""
-    db_commands = add_group(commands, "db", "database schema migrations")
+    db_commands = add_group(commands, "db", "database schema migrations and retention")
     add_command(db_commands, "migrate", cmd_db_migrate, "apply pending migrations, each in a transaction")
     add_command(db_commands, "status", cmd_db_status, "list applied and pending migrations")
+    prune = add_command(db_commands, "prune", cmd_db_prune,
+                        "delete sent outbox events and applied-event records older than the retention, in batches")
+    prune.add_argument("--older-than", type=positive_number, metavar="DAYS",
+                       help="the retention in days (default TIERFLOW_EVENT_RETENTION_DAYS, 7); on Kafka at least a "
+                            "day longer than the broker keeps events")
 
 
 def register(commands) -> None:

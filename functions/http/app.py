@@ -6,13 +6,14 @@ Access: an API key (header `X-API-Key`, or the cookie the web UI's sign-in sets)
 viewers read, artists also submit, approve, upscale and deliver, admins also change tiers.
 """
 
+import threading
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from functions.http import deliveries, scenes, session, tiers, workers
+from functions.http import deliveries, health, scenes, session, tiers, workers
 from functions.http.problems import ERRORS, install_problem_handlers
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -25,9 +26,11 @@ def create_app(deps) -> FastAPI:
         responses={k: v for k, v in ERRORS.items() if k in (401, 403, 422, 503)},
     )
     app.state.deps = deps  # what the routes' dependencies read (functions.http.dependencies.get_deps)
+    app.state.stopping = threading.Event()  # set when the server shuts down: live streams end
+    app.state.loops = []  # the Supervised loops this server runs, for /readyz
     install_problem_handlers(app)
     # In this order, so the OpenAPI document lists the paths as it always has.
-    for module in (session, tiers, scenes, deliveries, workers):
+    for module in (session, tiers, scenes, deliveries, workers, health):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

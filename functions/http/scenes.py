@@ -6,7 +6,7 @@ import re
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import Response, StreamingResponse
 from pydantic import Field
@@ -96,13 +96,14 @@ def upscale_scene(scene_id: Id, key: Artist, deps: Deps, body: UpscaleRequest | 
 @router.get("/api/scenes/{scene_id}/events", responses={
     200: {"description": "server-sent events: `event: scene` with the scene's JSON at each change",
           "content": {"text/event-stream": {}}}, 404: ERRORS[404]})
-def scene_events(scene_id: Id, _: Viewer, conn: Conn, deps: Deps) -> StreamingResponse:
+def scene_events(scene_id: Id, _: Viewer, conn: Conn, deps: Deps, request: Request) -> StreamingResponse:
     scenes.get_scene(conn, scene_id)  # a 404 now, not an empty stream
+    stopping = request.app.state.stopping  # a shutting-down server ends its streams, or it waits for them
 
     def stream():
         last, deadline = None, time.monotonic() + STREAM_SECONDS
         with deps.connect() as own:
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not stopping.is_set():
                 scene = scene_json(scenes.get_scene(own, scene_id))
                 state = (scene["status"], scene["progress"], [s["status"] for s in scene["segments"]])
                 if state != last:

@@ -35,16 +35,18 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def connect(url: str, idle_transaction_timeout: float | None = None) -> psycopg.Connection:
+def connect(url: str, idle_transaction_timeout: float | None = None,
+            connect_timeout: float | None = None) -> psycopg.Connection:
     """Open an autocommit connection whose rows are dicts.
 
     Autocommit: every write happens inside an explicit `with conn.transaction():` block, so a
     transaction's extent is visible in the code and a read never holds one open.
     With `idle_transaction_timeout`, the server ends a transaction left idle that many seconds
-    (its process hung or stopped mid-transaction) and so releases the rows it locked.
+    (its process hung or stopped mid-transaction) and so releases the rows it locked;
+    `connect_timeout` bounds the wait for a server that does not answer (a probe's).
     A refused connection becomes ServiceUnavailable.
     """
-    extra = {}
+    extra = {} if connect_timeout is None else {"connect_timeout": max(1, round(connect_timeout))}
     if idle_transaction_timeout is not None:
         extra["options"] = f"-c idle_in_transaction_session_timeout={int(idle_transaction_timeout * 1000)}"
     try:

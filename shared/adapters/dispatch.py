@@ -36,6 +36,9 @@ ACTIVE_COUNT_FRESH_SECONDS = 10.0
 # What a worker job runs (the job definition's command, here and in infra/template.yaml): a warm
 # worker that leaves, and so frees its instance, after five idle minutes.
 BATCH_WORKER_COMMAND = ["tierflow", "worker", "serve", "--exit-when-idle", "300"]
+# The longest a worker job may run, busy or not: a worker stuck for good (a GPU hung inside one
+# call, its heartbeat still renewing) is ended by Batch, and its job returns through its lease.
+BATCH_WORKER_TIMEOUT_SECONDS = 12 * 3600
 # How many workers the queue can use: one per job that is queued or held under a lease (a job
 # whose result is written needs none). AWS Batch scaling and the KEDA trigger in infra/k8s use it.
 JOBS_NEEDING_A_WORKER = ("SELECT count(*) FROM generation_jobs "
@@ -81,8 +84,8 @@ class LocalDispatcher:
 
     name = "local"
 
-    def __init__(self, deps, grace_seconds: float = 30.0):
-        self.deps, self.grace_seconds = deps, grace_seconds
+    def __init__(self, deps):
+        self.deps, self.grace_seconds = deps, deps.settings.shutdown_grace_seconds
         logs = deps.settings.home.resolve() / "logs"
         self.workers = [LocalWorker(i, logs / f"worker-{i}.log") for i in range(deps.settings.local_workers)]
         self.failure: str | None = None  # why the workers could not be kept running
@@ -148,16 +151,22 @@ class LocalDispatcher:
         if not self._closing.is_set():
             self._start(worker)
 
-    def close(self) -> None:
-        """Stop the workers: SIGTERM, a job in hand finishes within the grace period or goes back
-        to the queue; a worker still running after that is killed (its leases expire)."""
+    def stop(self) -> None:
+        """Tell the workers to stop (SIGTERM: they claim nothing more, and finish or give back the
+        job in hand within TIERFLOW_SHUTDOWN_GRACE_SECONDS); returns at once."""
         self._closing.set()
+        for worker in self.workers:
+            if worker.process is not None and worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+
+    def close(self) -> None:
+        """Stop the workers and wait for them; one still running after the grace period is killed
+        (its leases expire)."""
+        self.stop()
         if self._supervisor is not None:
             self._supervisor.join(15)  # it starts no worker once closing is set
+        self.stop()  # one it started just before
         processes = [w.process for w in self.workers if w.process is not None]
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.grace_seconds + 15
         for process in processes:
             try:

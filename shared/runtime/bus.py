@@ -15,6 +15,7 @@ import psycopg
 from shared.runtime.consumer import Function, Message, Outcome, RetryPolicy, apply_batch
 from shared.runtime.dead_letters import record_on_bus
 from shared.runtime.outbox import listen_for_outbox, lock_unsent, mark_sent, wait_for_outbox
+from shared.runtime.supervise import Supervised
 
 
 def relay_to_bus(conn: psycopg.Connection, functions: Sequence[Function], limit: int = 1000) -> int:
@@ -79,19 +80,26 @@ def run_bus(
     should_stop: Callable[[], bool],
     idle_seconds: float = 1.0,
     on_outcome: Callable[[Function, Outcome], None] | None = None,
+    supervision: Supervised | None = None,
 ) -> None:
     """Relay to every subscriber and apply events to `functions` until `should_stop()`.
 
     `subscribers` is every deployed function, not only those run here: an event relayed now
     is relayed once, so a function served by another process must get its delivery too.
     When idle it waits for the next outbox commit, at most `idle_seconds` (replayed dead
-    letters, which write no outbox row, are found by that poll).
+    letters, which write no outbox row, are found by that poll). It outlives database outages
+    (`supervision`, shared.runtime.supervise); a bug in it is raised.
     """
-    with deps.connect() as conn:
-        listen_for_outbox(conn)
-        while not should_stop():
-            if not step(conn, deps, subscribers, functions, on_outcome):
-                wait_for_outbox(conn, idle_seconds)
+    def loop() -> None:
+        with deps.connect() as conn:
+            listen_for_outbox(conn)
+            while not should_stop():
+                if not step(conn, deps, subscribers, functions, on_outcome):
+                    wait_for_outbox(conn, idle_seconds)
+                supervised.cycle()
+
+    supervised = supervision or Supervised("embedded bus")
+    supervised.run(loop, should_stop)
 
 
 def drain(deps, subscribers: Sequence[Function], functions: Sequence[Function], on_outcome=None) -> None:

@@ -11,9 +11,10 @@ from collections.abc import Callable, Sequence
 import psycopg
 
 from shared.domain import lifecycle, scenes, upscale
-from shared.errors import ServiceUnavailable
-from shared.runtime import bus
+from shared.errors import InvalidInput, ServiceUnavailable, TierflowError
+from shared.runtime import bus, outbox
 from shared.runtime.consumer import Function
+from shared.runtime.supervise import Supervised
 
 
 def unfinished_jobs(conn: psycopg.Connection) -> bool:
@@ -34,34 +35,70 @@ def sweep_lost_jobs(deps) -> list[int]:
                                     similarity_threshold=settings.similarity_threshold)
 
 
-def sweep_leases_until(deps, should_stop: Callable[[], bool], log: Callable[[str], None]) -> None:
-    """The lease sweeper of `serve` and `consume` (workers run one too): every third of a lease,
-    at most every 10 s. A database outage is logged once, at its start and its end."""
-    period = max(0.2, min(deps.settings.job_lease_seconds / 3, 10.0))
-    outage = None
-    while not should_stop():
-        try:
+def sweep_period(settings) -> float:
+    """How often lease sweepers look: a third of a lease, at most every 10 s."""
+    return max(0.2, min(settings.job_lease_seconds / 3, 10.0))
+
+
+def sweep_leases_until(deps, should_stop: Callable[[], bool], supervised: Supervised) -> None:
+    """The lease sweeper of `serve` and `consume` (workers run one too): every `sweep_period`,
+    through database outages (logged once, at their start and their end)."""
+    period = sweep_period(deps.settings)
+
+    def loop() -> None:
+        while not should_stop():
             swept = sweep_lost_jobs(deps)
-            if outage:
-                log("lease sweeper: database reachable again")
-            outage = None
+            supervised.cycle()
             if swept:
-                log(f"generation jobs {', '.join(map(str, swept))} lost their worker (lease expired); "
-                    "their next attempts are queued")
-        except (psycopg.OperationalError, ServiceUnavailable) as exc:
-            if outage is None:
-                log(f"lease sweeper: database unreachable ({exc}); retrying")
-            outage = str(exc)
-        deadline = time.monotonic() + period
-        while not should_stop() and time.monotonic() < deadline:
-            time.sleep(min(0.2, period))
+                supervised.log(f"generation jobs {', '.join(map(str, swept))} lost their worker (lease expired); "
+                               "their next attempts are queued")
+            deadline = time.monotonic() + period
+            while not should_stop() and time.monotonic() < deadline:
+                time.sleep(min(0.2, period))
+
+    supervised.run(loop, should_stop)
+
+
+PRUNE_EVERY_SECONDS = 3600.0
+
+
+def prune_until(deps, should_stop: Callable[[], bool], supervised: Supervised) -> None:
+    """The event pruning of `serve` and `consume`: at start, then hourly (TIERFLOW_EVENT_RETENTION_DAYS).
+    A retention the broker makes unsafe is said once, and nothing is pruned."""
+    days = deps.settings.event_retention_days
+
+    def loop() -> None:
+        try:
+            outbox.check_retention(deps.settings, days)
+        except InvalidInput as exc:
+            supervised.log(f"{supervised.name}: off: {exc}")
+            return
+        while not should_stop():
+            with deps.connect() as conn:
+                deleted = outbox.prune(conn, days)
+            supervised.cycle()
+            if any(deleted.values()):
+                supervised.log(f"{supervised.name}: deleted {deleted['outbox']} sent event(s) and "
+                               f"{deleted['processed_events']} applied-event record(s) older than {days:g} days")
+            deadline = time.monotonic() + PRUNE_EVERY_SECONDS
+            while not should_stop() and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+    supervised.run(loop, should_stop)
+
+
+class TimedOut(TierflowError):
+    """What was waited for did not happen in time."""
 
 
 def run_until(deps, functions: Sequence[Function], done: Callable[[psycopg.Connection], bool],
-              on_tick: Callable[[psycopg.Connection], None] | None = None, settle: bool = True) -> None:
+              on_tick: Callable[[psycopg.Connection], None] | None = None, settle: bool = True,
+              timeout: float | None = None) -> None:
     """Run (embedded bus) or watch (Kafka) until `done(conn)` holds (and, with `settle`, no
-    event is waiting any more). On the embedded default this process also runs the local warm
-    workers while jobs are unfinished; one that cannot be kept running is an error here."""
+    event is waiting any more); TimedOut after `timeout` seconds. On the embedded default this
+    process also runs the local warm workers while jobs are unfinished; one that cannot be kept
+    running is an error here."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     local = deps.settings.embedded_bus and deps.settings.dispatcher == "local"
     with deps.connect() as conn:
         if local and unfinished_jobs(conn):  # e.g. an interrupted command's
@@ -74,6 +111,8 @@ def run_until(deps, functions: Sequence[Function], done: Callable[[psycopg.Conne
                 on_tick(conn)
             if (not settle or not busy) and done(conn):
                 return
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimedOut(f"not done after {timeout:g} s")
             if not busy:
                 time.sleep(0.2)
 

@@ -19,13 +19,14 @@ from collections.abc import Callable, Sequence
 import psycopg
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from events import ALL_TOPICS, dlq_topic
 from shared.runtime.consumer import Function, Message, Outcome, RetryPolicy, apply_batch
 from shared.runtime.dead_letters import send_to_kafka
 from shared.runtime.outbox import lock_unsent, mark_sent
+from shared.runtime.supervise import Supervised
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,24 @@ def ensure_topics(bootstrap: str, partitions: int, topics: Sequence[str] | None 
                 pass  # created meanwhile by another process
     finally:
         admin.close()
+
+
+def longest_retention_seconds(bootstrap: str) -> float | None:
+    """The longest any event topic keeps events on the broker (None: forever)."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        answer = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"retention.ms": None}) for topic in ALL_TOPICS],
+            config_filter="all")
+    finally:
+        admin.close()
+    values = [int(entry["value"]) for topics in answer.values() for configs in topics.values()
+              for name, entry in configs.items() if name == "retention.ms"]
+    if not values:
+        raise RuntimeError(f"the broker did not say how long its topics keep events: {answer!r}")
+    return None if any(v < 0 for v in values) else max(values) / 1000
 
 
 def relay_to_kafka(conn: psycopg.Connection, producer: KafkaProducer, limit: int = 1000, timeout: float = 30) -> int:
@@ -95,33 +114,39 @@ class KafkaFunctionRunner:
         )
 
     def run(self, should_stop: Callable[[], bool], on_outcome: Callable[[Function, Outcome], None] | None = None):
-        """Poll, apply, dead-letter, commit offsets — until `should_stop()`; then leave the group."""
-        conn = self.deps.connect()
+        """Poll, apply, dead-letter, commit offsets — until `should_stop()`; then leave the group.
+        Outlives outages of PostgreSQL and Kafka (shared.runtime.supervise); a bug is raised."""
+        supervised = Supervised(f"consumer {self.function.name}")
         stopped = False
         try:
+            supervised.run(lambda: self._serve(should_stop, on_outcome, supervised), should_stop)
+            stopped = True
+        finally:
+            if stopped:
+                try:
+                    self.consumer.commit()  # a clean stop leaves every applied offset committed
+                except KafkaError as exc:  # what is not committed is redelivered, and is a no-op
+                    log.warning("%s: offsets not committed at stop: %s", self.function.name, exc)
+            self.consumer.close()
+
+    def _serve(self, should_stop, on_outcome, supervised: Supervised) -> None:
+        with self.deps.connect() as conn:
             while not should_stop():
                 batch = self.consumer.poll(timeout_ms=200)
                 if not batch:
                     self._commit_offsets()  # idle: what was applied is committed now
+                    supervised.cycle()
                     continue
                 try:
                     outcome = self._apply(conn, batch)
-                except psycopg.OperationalError:
-                    log.exception("%s: database unreachable; retrying the batch", self.function.name)
-                    conn.close()
-                    time.sleep(1)
-                    conn = self.deps.connect()
+                except BaseException:
+                    # Not applied (or its dead letters not sent): from the batch's first offsets again.
                     for partition, records in batch.items():
                         self.consumer.seek(partition, records[0].offset)
-                    continue
+                    raise
+                supervised.cycle()
                 if on_outcome:
                     on_outcome(self.function, outcome)
-            stopped = True
-        finally:
-            conn.close()
-            if stopped:
-                self.consumer.commit()  # a clean stop leaves every applied offset committed
-            self.consumer.close()
 
     def _apply(self, conn, batch: dict[TopicPartition, list]) -> Outcome:
         messages = [

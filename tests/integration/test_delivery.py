@@ -178,3 +178,31 @@ def test_cli_check_and_deliver(gen_deps, chain, run_cli, module_database_url, co
     assert "completed: manifest s3://" in ok.stdout
     refused = run_cli("deliver", "--project", "other", str(chain["production"]), env=env)
     assert refused.returncode == 1 and "project 'other' does not exist" in refused.stderr
+
+
+def test_a_delivery_of_one_draft_and_400_unknown_scenes_is_rejected_with_every_reason(run_cli, database_url,
+                                                                                       tmp_path):
+    from infra import embedded
+    from tests.conftest import make_scene
+
+    with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as own:
+        draft = make_scene(own, project="p")
+    unknown = [str(n) for n in range(100_000, 100_400)]
+    env = {"TIERFLOW_DATABASE_URL": database_url}
+    try:
+        done = run_cli("deliver", "--project", "p", str(draft), *unknown, "--json", env=env)
+        # Nothing decides the delivery where no runtime runs: the command gives up in time, and says where to look.
+        waited = run_cli("deliver", "--project", "p", str(draft), "--timeout", "1",
+                         env={**env, "TIERFLOW_KAFKA_BOOTSTRAP": "127.0.0.1:9"})
+        bad = run_cli("deliver", "--project", "p", str(draft), "--timeout", "0", env=env)
+    finally:
+        embedded.stop(tmp_path / "home")
+    assert done.returncode == 1, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "rejected" and len(result["reasons"]) == 401
+    assert {r["code"] for r in result["reasons"]} == {"TIER_NOT_DELIVERABLE", "SCENE_NOT_FOUND"}
+    assert waited.returncode == 1
+    [line] = waited.stderr.strip().splitlines()
+    assert "was requested but not decided within 1 s (is `tierflow consume` running?)" in line
+    assert "GET /api/deliveries/2" in line
+    assert bad.returncode == 2 and "argument --timeout: 0 is not above 0" in bad.stderr

@@ -170,3 +170,82 @@ def test_committed_events_wake_listening_relays(deps, database_url):
         assert notification.channel == outbox.OUTBOX_CHANNEL
         # Nothing committed since: a wait now lasts its whole timeout and sees nothing.
         assert list(listener.notifies(timeout=0.2)) == []
+
+
+def test_the_bus_outlives_dropped_connections_and_says_so_once(deps, conn, postgres_server):
+    import threading
+    import time
+
+    import psycopg
+
+    from shared.runtime.supervise import Supervised
+
+    lines, stop = [], threading.Event()
+    approvals = [FUNCTIONS["on_scene_approved"]]
+    supervision = Supervised("embedded bus", lines.append)
+    runner = threading.Thread(target=bus.run_bus, args=(deps, approvals, approvals),
+                              kwargs={"should_stop": stop.is_set, "idle_seconds": 0.2, "supervision": supervision})
+    runner.start()
+    try:
+        first, second = make_scene(conn), make_scene(conn)
+        _publish(deps, SceneApproved(scene_id=first))
+        deadline = time.monotonic() + 30
+        while conn.execute("SELECT status FROM scenes WHERE id = %s", [first]).fetchone()["status"] != "approved":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # A restart that takes a while: every session dropped, new ones refused for 1.5 s.
+        database = conn.execute("SELECT current_database() AS name").fetchone()["name"]
+        with psycopg.connect(postgres_server, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            try:
+                dropped = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                                        "AND pid <> %s", [database, conn.info.backend_pid]).fetchall()
+                assert dropped
+                time.sleep(1.5)
+                assert runner.is_alive()
+            finally:
+                admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        _publish(deps, SceneApproved(scene_id=second))
+        while conn.execute("SELECT status FROM scenes WHERE id = %s", [second]).fetchone()["status"] != "approved":
+            assert time.monotonic() < deadline and runner.is_alive()
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        runner.join(10)
+    assert not runner.is_alive()
+    outages = [line for line in lines if "retrying until it is back" in line]
+    assert len(outages) == 1 and outages[0].startswith("embedded bus: OperationalError: ")
+    assert len([line for line in lines if line.startswith("embedded bus: back after ")]) == 1
+    assert conn.execute("SELECT count(*) AS n FROM processed_events").fetchone()["n"] == 2  # each applied once
+
+
+def test_pruning_deletes_old_sent_events_and_records_but_nothing_still_needed(deps, conn, run_cli, database_url):
+    from shared.runtime import outbox as outbox_module
+
+    def event(age_days: float, sent: bool = True) -> int:
+        with deps.uow() as uow:
+            event_id = uow.emit(SceneApproved(scene_id=1))
+        return conn.execute(
+            "UPDATE outbox SET created_at = now() - make_interval(days => %s), "
+            "sent_at = CASE WHEN %s THEN now() - make_interval(days => %s) END WHERE event_id = %s RETURNING id",
+            [age_days, sent, age_days, event_id]).fetchone()["id"]
+
+    old = [event(10) for _ in range(5)]
+    recent, unsent, undelivered, dead = event(1), event(10, sent=False), event(10), event(10)
+    conn.execute("INSERT INTO bus_deliveries (consumer, outbox_id) VALUES ('on_scene_approved', %s)", [undelivered])
+    conn.execute("INSERT INTO dead_letters (consumer, topic, payload, reason, outbox_id) "
+                 "VALUES ('on_scene_approved', 'scene.approved', '\\x7b7d', 'refused', %s)", [dead])
+    conn.execute("INSERT INTO processed_events (consumer, event_id, processed_at) SELECT 'c', 'old-' || n, "
+                 "now() - interval '8 days' FROM generate_series(1, 7) n")
+    conn.execute("INSERT INTO processed_events (consumer, event_id) VALUES ('c', 'new')")
+
+    assert outbox_module.prune(conn, 7, batch_size=2) == {"outbox": 5, "processed_events": 7}
+    left = {r["id"] for r in conn.execute("SELECT id FROM outbox")}
+    assert left == {recent, unsent, undelivered, dead} and not left & set(old)
+    assert [r["event_id"] for r in conn.execute("SELECT event_id FROM processed_events")] == ["new"]
+
+    done = run_cli("db", "prune", "--json", env={"TIERFLOW_DATABASE_URL": database_url})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"older_than_days": 7.0, "deleted": {"outbox": 0, "processed_events": 0}}
+    refused = run_cli("db", "prune", "--older-than", "0", env={"TIERFLOW_DATABASE_URL": database_url})
+    assert refused.returncode == 2 and "argument --older-than: 0 is not above 0" in refused.stderr

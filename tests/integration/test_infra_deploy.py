@@ -33,6 +33,7 @@ def test_deploy_creates_everything_once_and_then_changes_nothing(moto_server, ru
     batch = boto3.client("batch", endpoint_url=moto_server, region_name="us-east-1")
     [definition] = batch.describe_job_definitions(jobDefinitionName="tierflow-worker", status="ACTIVE")["jobDefinitions"]
     assert definition["containerProperties"]["command"] == ["tierflow", "worker", "serve", "--exit-when-idle", "300"]
+    assert definition["timeout"] == {"attemptDurationSeconds": 12 * 3600}
     assert batch.describe_job_queues(jobQueues=["tierflow-gpu"])["jobQueues"][0]["state"] == "ENABLED"
 
     # A changed setting is updated in place, nothing else moves.

@@ -245,3 +245,55 @@ def test_dlq_list_and_replay_after_a_fix(kafka_deps, conn, run_cli, database_url
     assert json.loads(run_cli("events", "dlq", "--json", env=env).stdout) == []
     runner = KafkaFunctionRunner(kafka_deps, APPROVALS, bootstrap, make_producer(bootstrap))
     _run_until_outcomes(runner, [], lambda: _status(conn, 77) == "approved")
+
+
+def test_a_runner_outlives_a_database_restart_and_applies_each_event_once(kafka_deps, conn, postgres_server):
+    import psycopg
+
+    bootstrap = kafka_deps.settings.kafka_bootstrap
+    ensure_topics(bootstrap, 4)
+    before, during = make_scene(conn), make_scene(conn)
+    producer = _plain_producer(bootstrap)
+    producer.send("scene.approved", key=str(before).encode(), value=_approval_bytes(before))
+    producer.flush()
+    runner = KafkaFunctionRunner(kafka_deps, APPROVALS, bootstrap, make_producer(bootstrap))
+    seen, stop = [], threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop.is_set, lambda f, o: seen.append(o)))
+    thread.start()
+    database = conn.execute("SELECT current_database() AS name").fetchone()["name"]
+    try:
+        deadline = time.monotonic() + 60
+        while _status(conn, before) != "approved":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        # PostgreSQL goes away for 2 s (every session cut, new ones refused) while an event arrives.
+        with psycopg.connect(postgres_server, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            try:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                              "AND pid <> %s", [database, conn.info.backend_pid])
+                producer.send("scene.approved", key=str(during).encode(), value=_approval_bytes(during))
+                producer.flush()
+                time.sleep(2)
+                assert thread.is_alive()
+            finally:
+                admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        while _status(conn, during) != "approved":
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert sum(len(o.applied) for o in seen) == 2 and not any(o.dead for o in seen)
+    assert conn.execute("SELECT count(*) AS n FROM processed_events").fetchone()["n"] == 2
+
+
+def test_pruning_is_refused_for_a_retention_the_broker_makes_unsafe(kafka_deps, run_cli, database_url):
+    ensure_topics(kafka_deps.settings.kafka_bootstrap, 4)
+    env = {"TIERFLOW_DATABASE_URL": database_url, "TIERFLOW_KAFKA_BOOTSTRAP": kafka_deps.settings.kafka_bootstrap}
+    refused = run_cli("db", "prune", "--older-than", "1.5", env=env)  # the test broker keeps events a day
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == ("tierflow: 1.5 days is shorter than the broker keeps events (24 h) plus a "
+                                      "day: keep them at least 2 days")
+    assert run_cli("db", "prune", "--older-than", "2", env=env).returncode == 0

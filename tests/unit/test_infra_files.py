@@ -97,10 +97,11 @@ def test_hadolint_passes_on_every_dockerfile():
 
 
 def test_workers_on_batch_and_kubernetes_run_the_warm_worker_scaled_on_the_same_query():
-    from shared.adapters.dispatch import BATCH_WORKER_COMMAND, JOBS_NEEDING_A_WORKER
+    from shared.adapters.dispatch import BATCH_WORKER_COMMAND, BATCH_WORKER_TIMEOUT_SECONDS, JOBS_NEEDING_A_WORKER
 
     definition = _template()["Resources"]["WorkerJobDefinition"]["Properties"]
     assert definition["ContainerProperties"]["Command"] == BATCH_WORKER_COMMAND
+    assert definition["Timeout"]["AttemptDurationSeconds"] == BATCH_WORKER_TIMEOUT_SECONDS
     deployment, scaler = yaml.safe_load_all((ROOT / "infra" / "k8s" / "worker.yaml").read_text())
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert container["args"][:2] == ["worker", "serve"]
