@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -247,3 +248,16 @@ def wait_for_scene(deps, scene_id: int) -> dict:
     from shared.runtime import drive
 
     return drive.follow_scene(deps, list(FUNCTIONS.values()), scene_id)
+
+
+@contextmanager
+def database_outage(server_url: str, database: str, spare_pid: int = 0):
+    """What a database restart or failover does to `database`: every session but `spare_pid`'s is
+    cut, and new ones are refused until the block ends. Yields how many sessions were cut."""
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        try:
+            yield len(admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                    "WHERE datname = %s AND pid <> %s", [database, spare_pid]).fetchall())
+        finally:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')

@@ -176,9 +176,8 @@ def test_the_bus_outlives_dropped_connections_and_says_so_once(deps, conn, postg
     import threading
     import time
 
-    import psycopg
-
     from shared.runtime.supervise import Supervised
+    from tests.conftest import database_outage
 
     lines, stop = [], threading.Event()
     approvals = [FUNCTIONS["on_scene_approved"]]
@@ -194,17 +193,10 @@ def test_the_bus_outlives_dropped_connections_and_says_so_once(deps, conn, postg
             assert time.monotonic() < deadline
             time.sleep(0.05)
         # A restart that takes a while: every session dropped, new ones refused for 1.5 s.
-        database = conn.execute("SELECT current_database() AS name").fetchone()["name"]
-        with psycopg.connect(postgres_server, autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-            try:
-                dropped = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-                                        "AND pid <> %s", [database, conn.info.backend_pid]).fetchall()
-                assert dropped
-                time.sleep(1.5)
-                assert runner.is_alive()
-            finally:
-                admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        with database_outage(postgres_server, conn.info.dbname, conn.info.backend_pid) as cut:
+            assert cut
+            time.sleep(1.5)
+            assert runner.is_alive()
         _publish(deps, SceneApproved(scene_id=second))
         while conn.execute("SELECT status FROM scenes WHERE id = %s", [second]).fetchone()["status"] != "approved":
             assert time.monotonic() < deadline and runner.is_alive()

@@ -16,7 +16,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from events import SceneApproved, load_schema
 from functions.handlers.registry import FUNCTIONS
 from shared.runtime.kafka_bus import KafkaFunctionRunner, ensure_topics, make_producer, relay_to_kafka
-from tests.conftest import TIERFLOW, make_scene
+from tests.conftest import TIERFLOW, database_outage, make_scene
 
 pytestmark = pytest.mark.integration
 
@@ -248,8 +248,6 @@ def test_dlq_list_and_replay_after_a_fix(kafka_deps, conn, run_cli, database_url
 
 
 def test_a_runner_outlives_a_database_restart_and_applies_each_event_once(kafka_deps, conn, postgres_server):
-    import psycopg
-
     bootstrap = kafka_deps.settings.kafka_bootstrap
     ensure_topics(bootstrap, 4)
     before, during = make_scene(conn), make_scene(conn)
@@ -260,24 +258,17 @@ def test_a_runner_outlives_a_database_restart_and_applies_each_event_once(kafka_
     seen, stop = [], threading.Event()
     thread = threading.Thread(target=runner.run, args=(stop.is_set, lambda f, o: seen.append(o)))
     thread.start()
-    database = conn.execute("SELECT current_database() AS name").fetchone()["name"]
     try:
         deadline = time.monotonic() + 60
         while _status(conn, before) != "approved":
             assert time.monotonic() < deadline
             time.sleep(0.1)
         # PostgreSQL goes away for 2 s (every session cut, new ones refused) while an event arrives.
-        with psycopg.connect(postgres_server, autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-            try:
-                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-                              "AND pid <> %s", [database, conn.info.backend_pid])
-                producer.send("scene.approved", key=str(during).encode(), value=_approval_bytes(during))
-                producer.flush()
-                time.sleep(2)
-                assert thread.is_alive()
-            finally:
-                admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        with database_outage(postgres_server, conn.info.dbname, conn.info.backend_pid):
+            producer.send("scene.approved", key=str(during).encode(), value=_approval_bytes(during))
+            producer.flush()
+            time.sleep(2)
+            assert thread.is_alive()
         while _status(conn, during) != "approved":
             assert time.monotonic() < deadline and thread.is_alive()
             time.sleep(0.1)

@@ -91,6 +91,7 @@ def test_serve_keeps_generating_after_every_database_connection_dropped(database
     import psycopg
 
     from infra import embedded
+    from tests.conftest import database_outage
 
     [port] = free_ports()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")},
@@ -118,17 +119,11 @@ def test_serve_keeps_generating_after_every_database_connection_dropped(database
         assert generate("before")["status"] == "generated"
         assert _ready(port) == (200, {"ready": True, "reasons": []})
         database = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
-        with psycopg.connect(postgres_server, autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-            try:
-                dropped = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                                        [database]).fetchall()
-                assert len(dropped) >= 3  # the bus's, the worker's, ...
-                status, body = _until_ready_is(port, 503)
-                assert "database: unreachable (ServiceUnavailable)" in body["reasons"]
-                assert any(r.startswith("embedded bus: ") for r in body["reasons"]), body
-            finally:
-                admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        with database_outage(postgres_server, database) as cut:
+            assert cut >= 3  # the bus's, the worker's, ...
+            _, body = _until_ready_is(port, 503)
+            assert "database: unreachable (ServiceUnavailable)" in body["reasons"]
+            assert any(r.startswith("embedded bus: ") for r in body["reasons"]), body
         _until_ready_is(port, 200)
         assert generate("after")["status"] == "generated"
         assert server.poll() is None
