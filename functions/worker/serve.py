@@ -283,7 +283,11 @@ class Slot:
                     while not worker.stopping.is_set():
                         if not worker.take_ticket():
                             return
-                        claimed = self._claim()
+                        try:
+                            claimed = self._claim()
+                        except BaseException:
+                            worker.return_ticket()  # nothing was claimed
+                            raise
                         if claimed is None:
                             worker.return_ticket()
                             idle = time.monotonic() - last_busy
@@ -308,10 +312,12 @@ class Slot:
                 affinity_max_wait_seconds=settings.affinity_max_wait_seconds, job_id=worker.only_job)
             if job_id is None:
                 return None
-            held_since = worker.held_since if worker.only_job else time.monotonic()
-            self.claim = Claim(self.connection, job_id, worker.id, cancelled=lambda: self.cancel)
-            self.busy_since = held_since
-            return job_id, worker.document or job_document(uow.conn, job_id), held_since
+            document = worker.document or job_document(uow.conn, job_id)
+        # Claimed once committed: from here the heartbeat renews its lease.
+        held_since = worker.held_since if worker.only_job else time.monotonic()
+        self.claim = Claim(self.connection, job_id, worker.id, cancelled=lambda: self.cancel)
+        self.busy_since = held_since
+        return job_id, document, held_since
 
     def _wait(self, listen: psycopg.Connection) -> None:
         due = lifecycle.seconds_until_claimable(listen, self.worker.options.models)
