@@ -117,8 +117,7 @@ def start_runtime_workers(deps, stop) -> Supervised:
     workers. Jobs whose workers were lost already are failed and retried at once, and said so."""
     lost = drive.sweep_lost_jobs(deps)
     if lost:
-        print(f"generation jobs {', '.join(map(str, lost))} lost their worker; their next attempts are queued",
-              flush=True)
+        print(drive.lost_jobs_line(lost), flush=True)
     if deps.settings.dispatcher == "local":
         deps.dispatcher.ensure_workers()
         print(f"{deps.settings.local_workers} local worker(s) serving (logs in "
@@ -243,8 +242,7 @@ def cmd_jobs_follow(deps, args) -> int:
     while True:
         lost = drive.sweep_lost_jobs(deps)
         if lost:
-            print(f"generation jobs {', '.join(map(str, lost))} lost their worker; their next attempts are queued",
-                  flush=True)
+            print(drive.lost_jobs_line(lost), flush=True)
         if deps.settings.dispatcher == "batch":
             with deps.uow() as uow:
                 submitted = deps.dispatcher.ensure_workers(uow.conn)

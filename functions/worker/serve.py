@@ -37,9 +37,10 @@ from functions.worker.job import (
 )
 from shared.adapters import db
 from shared.bootstrap import Deps
-from shared.domain import fleet, lifecycle, reports
+from shared.domain import fleet, lifecycle
 from shared.domain.scenes import job_document
 from shared.errors import InvalidInput, ServiceUnavailable
+from shared.runtime import drive
 
 JOBS_CHANNEL = "tierflow_jobs"  # notified when a job is queued (migration 0010)
 # An idle slot looks at the queue at least this often, for jobs whose backoff ran out.
@@ -207,14 +208,9 @@ class Worker:
             for claim in claims:
                 claim.lost = claim.lost or claim.job_id not in held
         self._record()
-        with self.deps.uow() as uow:
-            swept = reports.sweep_expired_leases(
-                uow.conn, uow.emit, max_attempts=self.settings.max_attempts,
-                retry_backoff_seconds=self.settings.retry_backoff_seconds,
-                similarity_threshold=self.settings.similarity_threshold)
+        swept = drive.sweep_lost_jobs(self.deps)
         if swept:
-            self.log(f"jobs {', '.join(map(str, swept))}: their workers went silent (lease expired); "
-                     "failed them and queued the next attempts")
+            self.log(drive.lost_jobs_line(swept))
 
     def _database_down(self, what: str) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ from shared.domain import lifecycle, scenes, upscale
 from shared.errors import InvalidInput, ServiceUnavailable, TierflowError
 from shared.runtime import bus, outbox
 from shared.runtime.consumer import Function
-from shared.runtime.supervise import Supervised
+from shared.runtime.supervise import Supervised, wait_unless_stopped
 
 
 def unfinished_jobs(conn: psycopg.Connection) -> bool:
@@ -35,6 +35,12 @@ def sweep_lost_jobs(deps) -> list[int]:
                                     similarity_threshold=settings.similarity_threshold)
 
 
+def lost_jobs_line(job_ids: list[int]) -> str:
+    """What a sweep that failed these jobs says."""
+    return (f"generation jobs {', '.join(map(str, job_ids))} lost their worker (lease expired); "
+            "their next attempts are queued")
+
+
 def sweep_period(settings) -> float:
     """How often lease sweepers look: a third of a lease, at most every 10 s."""
     return max(0.2, min(settings.job_lease_seconds / 3, 10.0))
@@ -50,11 +56,8 @@ def sweep_leases_until(deps, should_stop: Callable[[], bool], supervised: Superv
             swept = sweep_lost_jobs(deps)
             supervised.cycle()
             if swept:
-                supervised.log(f"generation jobs {', '.join(map(str, swept))} lost their worker (lease expired); "
-                               "their next attempts are queued")
-            deadline = time.monotonic() + period
-            while not should_stop() and time.monotonic() < deadline:
-                time.sleep(min(0.2, period))
+                supervised.log(lost_jobs_line(swept))
+            wait_unless_stopped(should_stop, period)
 
     supervised.run(loop, should_stop)
 
@@ -80,9 +83,7 @@ def prune_until(deps, should_stop: Callable[[], bool], supervised: Supervised) -
             if any(deleted.values()):
                 supervised.log(f"{supervised.name}: deleted {deleted['outbox']} sent event(s) and "
                                f"{deleted['processed_events']} applied-event record(s) older than {days:g} days")
-            deadline = time.monotonic() + PRUNE_EVERY_SECONDS
-            while not should_stop() and time.monotonic() < deadline:
-                time.sleep(0.2)
+            wait_unless_stopped(should_stop, PRUNE_EVERY_SECONDS)
 
     supervised.run(loop, should_stop)
 

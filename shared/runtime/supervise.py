@@ -28,6 +28,13 @@ def _transient() -> tuple[type[BaseException], ...]:
     return (*errors, KafkaError)
 
 
+def wait_unless_stopped(should_stop: Callable[[], bool], seconds: float) -> None:
+    """Sleep `seconds`, waking every tenth of a second at most to return early once `should_stop()`."""
+    deadline = time.monotonic() + seconds
+    while not should_stop() and time.monotonic() < deadline:
+        time.sleep(min(0.1, seconds))
+
+
 def log_line(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -83,7 +90,5 @@ class Supervised:
                     self._cause = f"{type(exc).__name__}, a service out of reach"
                     cause = " ".join(str(exc).split()) or type(exc).__name__
                     self.log(f"{self.name}: {type(exc).__name__}: {cause[:300]}; retrying until it is back")
-                deadline = time.monotonic() + pause
-                while not should_stop() and time.monotonic() < deadline:
-                    time.sleep(min(0.1, pause))
+                wait_unless_stopped(should_stop, pause)
                 pause = min(2 * pause, self.longest_pause)
