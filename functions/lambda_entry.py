@@ -2,21 +2,27 @@
 event source: `functions.lambda_entry.<function name>` (e.g. `functions.lambda_entry.on_scene_approved`).
 
 The event source delivers records grouped by topic-partition, keys and values base64-encoded.
-The whole batch is applied in one transaction, exactly as the Kafka consumer does, and the
-records that could not be applied are returned as partial batch failures
-(`batchItemFailures`, identifier "<topic>-<partition>-<offset>"), so Lambda retries only those
-and finally sends them to the on-failure destination.
+The whole batch is applied in one transaction, exactly as the Kafka consumer does. Then:
+- dead letters (unparseable, refused, failing for longer than TIERFLOW_TRANSIENT_RETRY_SECONDS)
+  go to `<topic>.dlq`, where `tierflow events dlq` reads them, and count as done;
+- deferred records (a transient failure) and those behind them in their partition are returned as
+  partial batch failures, in the shape AWS documents for Kafka event sources (the one
+  aws-lambda-powertools' Kafka batch processor returns):
+  `{"batchItemFailures": [{"itemIdentifier": {"partition": "<topic>-<partition>", "offset": N}}]}`.
+  Lambda retries from there. An invocation that finds a record before its retry time (Lambda
+  retries at once) waits for it, so the pauses between tries grow as on the other runtimes.
 """
 
 import base64
 import binascii
+import time
 from collections.abc import Callable
 
 from events import InvalidEvent
 from functions.handlers.registry import FUNCTIONS
 from shared.bootstrap import Deps
 from shared.config import load_settings
-from shared.runtime.consumer import Function, Message, apply_batch
+from shared.runtime.consumer import Function, Message, Outcome, apply_batch, retry_policy
 
 KAFKA_EVENT_SOURCES = ("aws:kafka", "SelfManagedKafka", "aws:SelfManagedKafka")
 
@@ -41,18 +47,43 @@ def kafka_messages(event: dict) -> list[Message]:
     return messages
 
 
+def batch_item_failures(outcome: Outcome) -> dict:
+    """The partial batch response: the records Lambda must deliver again."""
+    return {"batchItemFailures": [
+        {"itemIdentifier": {"partition": f"{m.topic}-{m.partition}", "offset": m.offset}} for m in outcome.not_done]}
+
+
+def seconds_until_retry(conn, consumer: str, messages: list[Message]) -> float:
+    """How long until the latest retry time of a deferred record in this batch (0: none waits)."""
+    row = conn.execute(
+        """SELECT GREATEST(EXTRACT(EPOCH FROM max(retry_at) - now()), 0)::float8 AS wait FROM event_failures
+           WHERE consumer = %s AND ref = ANY(%s)""", [consumer, [m.ref for m in messages]]).fetchone()
+    return row["wait"] or 0.0
+
+
 def lambda_entrypoint(function: Function) -> Callable[[dict, object], dict]:
     """Build `lambda_handler(event, context)` for `function`."""
-    deps_holder: list[Deps] = []  # built on the first invocation, reused while the container lives
+    held: dict = {}  # deps and the dead-letter producer, built once per container
 
     def lambda_handler(event: dict, context: object) -> dict:
         messages = kafka_messages(event)
-        if not deps_holder:
-            deps_holder.append(Deps(load_settings(), source=f"urn:tierflow:{function.name}"))
-        deps = deps_holder[0]
-        with deps.connect() as conn, conn.transaction():
-            outcome = apply_batch(conn, deps.ports, function, messages)
-        return {"batchItemFailures": [{"itemIdentifier": message.ref} for message, _ in outcome.dead]}
+        if "deps" not in held:
+            held["deps"] = Deps(load_settings(), source=f"urn:tierflow:{function.name}")
+        deps = held["deps"]
+        with deps.connect() as conn:
+            # Never past the invocation's end: what is left is retried by Lambda anyway.
+            left = context.get_remaining_time_in_millis() / 1000 - 10 if context else 0.0
+            time.sleep(max(0.0, min(seconds_until_retry(conn, function.name, messages), left)))
+            with conn.transaction():
+                outcome = apply_batch(conn, deps.ports, function, messages, retry_policy(deps.settings))
+        if outcome.dead:
+            from shared.runtime.dead_letters import send_to_kafka
+            from shared.runtime.kafka_bus import make_producer
+
+            if "producer" not in held:
+                held["producer"] = make_producer(deps.settings.kafka_bootstrap)
+            send_to_kafka(held["producer"], function.name, outcome.dead)  # raises: Lambda retries the batch
+        return batch_item_failures(outcome)
 
     lambda_handler.__doc__ = f"Lambda entrypoint of {function.name}."
     return lambda_handler

@@ -137,6 +137,15 @@ def _stop_postgres(home: Path) -> bool:
     return True
 
 
+def restart_postgres(home: Path, down_seconds: float = 0.0) -> str:
+    """Stop the embedded PostgreSQL (a fast shutdown: every session is cut), stay down for
+    `down_seconds`, start it again; returns its URL (the same). What a database restart does to
+    the processes using it (bench/soak.py)."""
+    _stop_postgres(home)
+    time.sleep(down_seconds)
+    return postgres_url(home)
+
+
 # ---------------------------------------------------------------------------------------------
 # S3
 
@@ -195,10 +204,10 @@ def s3_endpoint(home: Path) -> S3Endpoint:
         return S3Endpoint(f"http://127.0.0.1:{state['port']}", access_key, secret_key)
 
 
-def _start_s3(s3_dir: Path, access_key: str, secret_key: str) -> dict:
+def _start_s3(s3_dir: Path, access_key: str, secret_key: str, port: int | None = None) -> dict:
     data_dir = s3_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_ports()[0]
+    port = port or free_ports()[0]
     log_path = s3_dir / "server.log"
     # Credentials go through the environment, not argv, so `ps` does not show them.
     env = {**os.environ, "RCLONE_AUTH_KEY": f'"{access_key},{secret_key}"'}

@@ -205,6 +205,7 @@ class KafkaBroker:
     data_dir: Path
     log_file: Path  # the broker's log4j log
     _process: subprocess.Popen = field(repr=False)
+    _classpath: str = field(repr=False, default="")
 
     @property
     def returncode(self) -> int | None:
@@ -218,6 +219,14 @@ class KafkaBroker:
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM (Kafka's clean shutdown), wait up to `timeout` s, then SIGKILL. Idempotent."""
         _terminate(self._process, timeout)
+
+    def restart(self, timeout: float = 120) -> None:
+        """Stop the broker cleanly and start it again on the same ports with the same data, as a
+        broker restart in production does; returns once it serves again."""
+        self.stop()
+        port = int(self.bootstrap.rsplit(":", 1)[1])
+        again = _launch(java_executable(), self._classpath, self.data_dir, port, time.monotonic() + timeout)
+        self.pid, self._process = again.pid, again._process
 
     def __enter__(self) -> KafkaBroker:
         return self
@@ -458,7 +467,7 @@ def _launch(java: str, classpath: str, data_dir: Path, port: int, deadline: floa
     _UNSTOPPED[process.pid] = process
     bootstrap = f"127.0.0.1:{port}"
     broker = KafkaBroker(bootstrap=bootstrap, pid=process.pid, data_dir=data_dir,
-                         log_file=log_file, _process=process)
+                         log_file=log_file, _process=process, _classpath=classpath)
     try:
         while True:
             this_run = _read_from(log_file, log_start)

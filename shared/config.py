@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     kafka_partitions: int = Field(
         default=4, ge=1, le=1000, description="Partitions of each event topic Tierflow creates."
     )
+    kafka_session_timeout_seconds: float = Field(
+        default=10.0, ge=6, le=1800,
+        description="How long the broker waits for a silent consumer (a killed process) before its partitions go "
+                    "to another member of the group.",
+    )
     model: str | None = Field(
         default=None,
         description="Default diffusers model (a directory or hub id); unset: the tiny model under home, built on first use.",
@@ -72,6 +77,15 @@ class Settings(BaseSettings):
     event_retention_days: float = Field(
         default=7.0, gt=0, le=3650,
         description="Sent outbox events and the record of applied events are deleted after this many days.",
+    )
+    transient_retry_seconds: float = Field(
+        default=300.0, ge=0, le=86400,
+        description="How long an event that fails for a reason that may pass (S3 503, throttling) is retried "
+                    "before it is dead-lettered (0: at once).",
+    )
+    delivery_redrive_seconds: float = Field(
+        default=600.0, ge=10, le=86400,
+        description="A delivery still undecided after this long is requested again (3 times, then rejected).",
     )
     shutdown_grace_seconds: int = Field(
         default=20, ge=0, le=3600,
@@ -135,12 +149,15 @@ class Settings(BaseSettings):
             "aws_region": self.aws_region,
             "kafka_bootstrap": self.kafka_bootstrap or "(embedded bus over the PostgreSQL outbox)",
             "kafka_partitions": str(self.kafka_partitions),
+            "kafka_session_timeout_seconds": str(self.kafka_session_timeout_seconds),
             "model": self.model or f"(tiny model under home: {self.model_path})",
             "dispatcher": self.dispatcher,
             "local_workers": str(self.local_workers),
             "job_lease_seconds": str(self.job_lease_seconds),
             "worker_cache_models": str(self.worker_cache_models),
             "affinity_max_wait_seconds": str(self.affinity_max_wait_seconds),
+            "transient_retry_seconds": str(self.transient_retry_seconds),
+            "delivery_redrive_seconds": str(self.delivery_redrive_seconds),
             "shutdown_grace_seconds": str(self.shutdown_grace_seconds),
             "event_retention_days": str(self.event_retention_days),
             "max_attempts": str(self.max_attempts),

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -179,12 +180,18 @@ def make_scene(conn, *, status: str = "generated", tier: str = "draft", project:
 
 
 @pytest.fixture
-def kafka_bootstrap(tmp_path_factory):
+def kafka_broker(tmp_path_factory):
     """A real single-node Kafka broker (KRaft) for one test: topics and offsets start empty."""
     from infra.kafka import start_broker
 
     with start_broker(tmp_path_factory.mktemp("kafka"), partitions=4) as broker:
-        yield broker.bootstrap
+        yield broker
+
+
+@pytest.fixture
+def kafka_bootstrap(kafka_broker):
+    """`kafka_broker`'s bootstrap address."""
+    return kafka_broker.bootstrap
 
 
 @pytest.fixture
@@ -261,3 +268,20 @@ def database_outage(server_url: str, database: str, spare_pid: int = 0):
                                     "WHERE datname = %s AND pid <> %s", [database, spare_pid]).fetchall())
         finally:
             admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+
+
+@contextmanager
+def s3_outage(home, seconds: float):
+    """The embedded S3 server of `home` is gone for `seconds` from entering (connections refused),
+    then serves again on its port with the same data, while the body runs."""
+    home = Path(home).resolve()
+    state = embedded._running_s3(home)
+    assert state is not None, "the embedded S3 server is not running"
+    access_key, secret_key = embedded._credentials(home / "s3")
+    embedded._stop_s3(home)
+    back = threading.Timer(seconds, embedded._start_s3, args=(home / "s3", access_key, secret_key, state["port"]))
+    back.start()
+    try:
+        yield
+    finally:
+        back.join()

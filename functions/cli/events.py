@@ -4,7 +4,9 @@ Each command works on both runtimes: Kafka when TIERFLOW_KAFKA_BOOTSTRAP is set,
 embedded bus over the PostgreSQL outbox.
 """
 
+import argparse
 import json
+import re
 import signal
 import sys
 import threading
@@ -15,11 +17,12 @@ from events import ALL_TOPICS, EVENT_TYPES, envelope_for, topic_for
 from events.errors import validated
 from functions.cli.jobs import DEPLOYED, start_runtime_workers
 from functions.cli.parsing import add_command, add_group
-from functions.cli.stack import start_pruning
+from functions.cli.stack import start_upkeep
 from functions.handlers.registry import FUNCTIONS
 from shared.errors import InvalidInput, NotFound
 from shared.runtime import bus, dead_letters, outbox
 from shared.runtime.consumer import Function, Outcome
+from shared.runtime.health import address_argument
 from shared.runtime.supervise import Supervised
 
 
@@ -41,11 +44,13 @@ def _stop_on_signals() -> threading.Event:
 def _report(function: Function, outcome: Outcome) -> None:
     print(
         f"{function.name}: applied {len(outcome.applied)}, duplicates {len(outcome.duplicates)}, "
-        f"dead-lettered {len(outcome.dead)}",
+        f"dead-lettered {len(outcome.dead)}" + (f", deferred {len(outcome.deferred)}" if outcome.deferred else ""),
         flush=True,
     )
     for message, reason in outcome.dead:
-        print(f"  dead letter {message.ref or message.topic}: {reason}", flush=True)
+        print(f"  dead letter {message.ref}: {reason}", flush=True)
+    for message, reason, pause in outcome.deferred:
+        print(f"  retrying {message.ref} in {pause:.0f} s: {reason}", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,10 +167,22 @@ def cmd_events_dlq(deps, args) -> int:
 # relay and consume
 
 
+def _start_probes(deps, args, loops: list[Supervised]):
+    """`--health-port`: answer /healthz and /readyz (shared.runtime.health); None without it."""
+    if not args.health_port:
+        return None
+    from shared.runtime.health import not_ready, serve_probes
+
+    return serve_probes(args.health_port, lambda: not_ready(deps, loops))
+
+
 def cmd_relay(deps, args) -> int:
     stop = _stop_on_signals()
     settings = deps.settings
     supervised, total, kafka = Supervised("relay"), [0], {}
+    # On AWS the relay is the one always-running service (infra/template.yaml): the sweeps run here.
+    loops = [supervised] + ([] if args.once else start_upkeep(deps, stop))
+    probes = _start_probes(deps, args, loops)
 
     def loop() -> None:  # again after every outage of PostgreSQL or Kafka
         with deps.connect() as conn:
@@ -190,7 +207,12 @@ def cmd_relay(deps, args) -> int:
                 else:
                     outbox.wait_for_outbox(conn, timeout=1.0)
 
-    supervised.run(loop, stop.is_set)
+    try:
+        supervised.run(loop, stop.is_set)
+    finally:
+        stop.set()
+        if probes:
+            probes.shutdown()
     print(f"relay stopped after {total[0]} event(s)", flush=True)
     return 0
 
@@ -199,17 +221,20 @@ def cmd_consume(deps, args) -> int:
     functions = _functions(args.functions)
     stop = _stop_on_signals()
     if any(f.name == "on_generation_requested" for f in functions):
-        start_runtime_workers(deps, stop)
-    if not args.once:
-        start_pruning(deps, stop)
+        start_runtime_workers(deps)
+    loops = [] if args.once else start_upkeep(deps, stop)
+    probes = _start_probes(deps, args, loops)
     try:
-        return _consume(deps, args, functions, stop)
+        return _consume(deps, args, functions, stop, loops)
     finally:
         stop.set()
+        if probes:
+            probes.shutdown()
         deps.close()  # the local workers finish or give back their jobs; queued ones wait for the next start
 
 
-def _consume(deps, args, functions, stop) -> int:
+def _consume(deps, args, functions, stop, loops: list[Supervised]) -> int:
+    """Run `functions` until `stop`; each loop's supervision joins `loops` (for the probes)."""
     settings = deps.settings
     names = ", ".join(f.name for f in functions)
     if settings.embedded_bus:
@@ -217,7 +242,8 @@ def _consume(deps, args, functions, stop) -> int:
         if args.once:
             bus.drain(deps, DEPLOYED, functions, on_outcome=_report)
         else:
-            bus.run_bus(deps, DEPLOYED, functions, should_stop=stop.is_set, on_outcome=_report)
+            loops.append(bus_loop := Supervised("embedded bus"))
+            bus.run_bus(deps, DEPLOYED, functions, should_stop=stop.is_set, on_outcome=_report, supervision=bus_loop)
         return 0
 
     from shared.runtime.kafka_bus import KafkaFunctionRunner, ensure_topics, make_producer
@@ -233,7 +259,9 @@ def _consume(deps, args, functions, stop) -> int:
     def should_stop() -> bool:
         return stop.is_set() or (args.once and time.monotonic() - idle_since[0] > args.idle_seconds)
 
-    runners = [KafkaFunctionRunner(deps, f, settings.kafka_bootstrap, producer) for f in functions]
+    runners = [KafkaFunctionRunner(deps, f, settings.kafka_bootstrap, producer, instance_id=args.instance_id)
+               for f in functions]
+    loops += [r.supervised for r in runners]
     print(f"consuming from Kafka at {settings.kafka_bootstrap}: {names}", flush=True)
     crashed: list[str] = []
 
@@ -259,6 +287,16 @@ def _consume(deps, args, functions, stop) -> int:
     return 0
 
 
+def _instance_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", text):
+        raise argparse.ArgumentTypeError(f"--instance-id takes 1 to 200 letters, digits, '.', '_' or '-', not {text!r}")
+    return text
+
+
+HEALTH_PORT_HELP = ("answer GET /healthz and /readyz on this port (host 127.0.0.1 unless given, "
+                    "e.g. 0.0.0.0:8081 in a container)")
+
+
 def register(commands) -> None:
     """Add these commands to the `tierflow` parser."""
     event_commands = add_group(commands, "events", "publish, follow and repair events")
@@ -278,6 +316,7 @@ def register(commands) -> None:
     relay = add_command(commands, "relay", cmd_relay, "publish the outbox (to Kafka, or the embedded bus)",
                         json_output=False)
     relay.add_argument("--once", action="store_true", help="exit when the outbox is empty")
+    relay.add_argument("--health-port", metavar="[HOST:]PORT", type=address_argument, help=HEALTH_PORT_HELP)
 
     consume = add_command(commands, "consume", cmd_consume, "run event handlers (one consumer group each)",
                           json_output=False)
@@ -285,3 +324,8 @@ def register(commands) -> None:
     consume.add_argument("--once", action="store_true", help="exit when nothing is left to process")
     consume.add_argument("--idle-seconds", type=float, default=3.0,
                          help="with --once on Kafka: how long without records counts as nothing left")
+    consume.add_argument("--health-port", metavar="[HOST:]PORT", type=address_argument, help=HEALTH_PORT_HELP)
+    consume.add_argument("--instance-id", metavar="NAME", type=_instance_name,
+                         help="on Kafka, a stable name for this process (a pod or systemd instance name): started "
+                              "again under the same name it takes its partitions back at once, without a rebalance "
+                              "(static membership); never two running processes with one name")

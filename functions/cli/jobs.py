@@ -3,7 +3,6 @@
 import argparse
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -13,7 +12,6 @@ from functions.handlers.registry import FUNCTIONS
 from shared.domain import fleet, recipe, scenes, upscale, usage
 from shared.errors import InvalidInput
 from shared.runtime import drive
-from shared.runtime.supervise import Supervised
 
 DEPLOYED = list(FUNCTIONS.values())  # what `--wait` runs on the embedded bus
 
@@ -111,10 +109,9 @@ def wait_for_scene(deps, scene_id: int) -> dict:
     return scene
 
 
-def start_runtime_workers(deps, stop) -> Supervised:
-    """What `serve` and `consume` run besides the handlers: the lease sweeper (a thread, until
-    `stop` is set; its supervision is returned) and, on the embedded default, the warm local
-    workers. Jobs whose workers were lost already are failed and retried at once, and said so."""
+def start_runtime_workers(deps) -> None:
+    """On the embedded default, the warm local workers `serve` and `consume` run besides the
+    handlers. Jobs whose workers were lost already are failed and retried first, and said so."""
     lost = drive.sweep_lost_jobs(deps)
     if lost:
         print(drive.lost_jobs_line(lost), flush=True)
@@ -122,11 +119,6 @@ def start_runtime_workers(deps, stop) -> Supervised:
         deps.dispatcher.ensure_workers()
         print(f"{deps.settings.local_workers} local worker(s) serving (logs in "
               f"{deps.settings.home.resolve() / 'logs'})", flush=True)
-    supervised = Supervised("lease sweeper", lambda line: print(line, flush=True),
-                            stale_after=max(60.0, 3 * drive.sweep_period(deps.settings)))
-    threading.Thread(target=drive.sweep_leases_until, name="lease-sweeper", daemon=True,
-                     args=(deps, stop.is_set, supervised)).start()
-    return supervised
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import threading
 
 from functions.cli.jobs import DEPLOYED, start_runtime_workers
 from functions.cli.parsing import add_command, add_group
-from functions.cli.stack import start_pruning
+from functions.cli.stack import start_upkeep
 from shared.domain import access
 from shared.runtime.supervise import Supervised
 
@@ -56,10 +56,11 @@ def cmd_serve(deps, args) -> int:
     print(f"API keys: {keys_file} (the admin key is in it)" if keys_file else "API keys: from TIERFLOW_API_KEYS",
           flush=True)
     if settings.embedded_bus and not args.api_only:
-        app.state.loops = [bus_loop, start_runtime_workers(deps, stop), start_pruning(deps, stop)]
+        start_runtime_workers(deps)
+        app.state.loops = [bus_loop, *start_upkeep(deps, stop)]
         runtime = threading.Thread(target=run_runtime, name="embedded-bus", daemon=True)
         runtime.start()
-        print("handlers, the lease sweeper and the local workers run with this process (embedded bus)", flush=True)
+        print("handlers, the sweeper and the local workers run with this process (embedded bus)", flush=True)
     try:
         server.run()
     finally:

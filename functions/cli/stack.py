@@ -105,14 +105,18 @@ def cmd_db_prune(deps, args) -> int:
     return 0
 
 
-def start_pruning(deps, stop) -> Supervised:
-    """Run the hourly event pruning of `serve` and `consume` (a thread, until `stop` is set);
-    returns its supervision."""
-    supervised = Supervised("event pruning", lambda line: print(line, flush=True),
-                            stale_after=3 * drive.PRUNE_EVERY_SECONDS)
-    threading.Thread(target=drive.prune_until, name="event-pruning", daemon=True,
-                     args=(deps, stop.is_set, supervised)).start()
-    return supervised
+def start_upkeep(deps, stop) -> list[Supervised]:
+    """The background loops of `serve`, `consume` and `relay`, threads until `stop` is set: the
+    sweeper (lost workers' jobs, undecided deliveries) and the hourly event pruning; returns
+    their supervisions."""
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    sweeper = Supervised("sweeper", say, stale_after=max(60.0, 3 * drive.sweep_period(deps.settings)))
+    pruning = Supervised("event pruning", say, stale_after=3 * drive.PRUNE_EVERY_SECONDS)
+    for name, loop, supervised in (("sweeper", drive.sweep_until, sweeper), ("event-pruning", drive.prune_until, pruning)):
+        threading.Thread(target=loop, name=name, daemon=True, args=(deps, stop.is_set, supervised)).start()
+    return [sweeper, pruning]
 
 
 def register_db(commands) -> None:

@@ -43,6 +43,8 @@ def _at_least(minimum: float, kind=int):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The worker's options, on `tierflow worker` and on `python -m functions.worker` alike."""
+    from shared.runtime.health import address_argument
+
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--job", metavar="JOB.json", help="run this one job (a job document file) and exit")
     source.add_argument("--job-json", metavar="JSON", help="run this one job (the job document itself) and exit")
@@ -62,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--id", metavar="WORKER_ID", help="this worker's id (default HOST:PID:RANDOM)")
     serve.add_argument("--parent", type=_at_least(1), metavar="PID",
                        help="stop (as on SIGTERM) when process PID is gone: a supervisor's workers never outlive it")
+    serve.add_argument("--health-port", metavar="[HOST:]PORT", type=address_argument,
+                       help="answer GET /healthz and /readyz on this port (host 127.0.0.1 unless given, "
+                            "e.g. 0.0.0.0:8081 in a container)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +108,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     if not one_job:
         return Worker(deps, Options(concurrency=args.concurrency, exit_when_idle=args.exit_when_idle,
                                     max_jobs=args.max_jobs, models=args.models, grace_seconds=args.grace,
-                                    worker_id=args.id, parent_pid=args.parent)).run()
+                                    worker_id=args.id, parent_pid=args.parent,
+                                    health_port=args.health_port)).run()
     from functions.worker.job import parse_job
 
     try:

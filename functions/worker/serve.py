@@ -59,6 +59,7 @@ class Options:
     grace_seconds: float = 30.0
     worker_id: str | None = None
     parent_pid: int | None = None  # stop when this process is gone
+    health_port: str | None = None  # "[HOST:]PORT" for /healthz and /readyz
 
 
 def default_worker_id() -> str:
@@ -110,6 +111,30 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, self._on_signal)
+        probes = None
+        if self.options.health_port:
+            from shared.runtime.health import not_ready, serve_probes
+
+            try:
+                probes = serve_probes(self.options.health_port, lambda: not_ready(self.deps, [self]))
+            except ServiceUnavailable as exc:
+                self.log(str(exc))
+                return 1
+        try:
+            return self._serve()
+        finally:
+            if probes:
+                probes.shutdown()
+
+    def problem(self) -> str | None:
+        """Why this worker takes no work now (for its readiness probe), or None."""
+        if self.crash is not None or self.finished.is_set():
+            return "worker: stopped"
+        if self.stopping.is_set():
+            return "worker: stopping"
+        return f"worker: database unreachable ({self._outage})" if self._outage else None
+
+    def _serve(self) -> int:
         threads = [threading.Thread(target=s.run, name=f"slot-{s.index}", daemon=True) for s in self.slots]
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         for thread in [*threads, heartbeat]:

@@ -190,13 +190,14 @@ def get_delivery(conn: psycopg.Connection, delivery_id: int, s3=None, bucket: st
     """The JSON form of a delivery; with `s3`, presigned URLs (a week) for the manifest and files."""
     row = conn.execute(
         """SELECT d.id, d.status, d.reasons, d.manifest_key, d.requested_scene_ids, d.created_at, d.finished_at,
-                  p.name AS project
+                  d.redriven, p.name AS project
            FROM deliveries d JOIN projects p ON p.id = d.project_id WHERE d.id = %s""", [delivery_id]).fetchone()
     if row is None:
         raise NotFound(f"delivery {delivery_id} does not exist")
     result = {"delivery_id": row["id"], "project": row["project"], "status": row["status"],
               "scene_ids": row["requested_scene_ids"], "reasons": row["reasons"] or [],
-              "manifest_key": row["manifest_key"], "created_at": row["created_at"].isoformat()}
+              "manifest_key": row["manifest_key"], "created_at": row["created_at"].isoformat(),
+              "redriven": row["redriven"]}
     if s3 is not None and row["manifest_key"]:
         manifest = json.loads(s3.get_object(Bucket=bucket, Key=row["manifest_key"])["Body"].read())
 
@@ -207,3 +208,30 @@ def get_delivery(conn: psycopg.Connection, delivery_id: int, s3=None, bucket: st
         result["manifest_url"] = url(row["manifest_key"])
         result["file_urls"] = {seg["key"]: url(seg["key"]) for scene in manifest["scenes"] for seg in scene["segments"]}
     return result
+
+
+REDRIVES = 3  # then an operator looks at the dead letters (`tierflow events dlq`)
+
+
+def redrive_stuck(conn: psycopg.Connection, emit: Callable[[DeliveryRequested], object],
+                  older_than_seconds: float, limit: int = 100) -> dict[str, list[int]]:
+    """Ask again, in the caller's transaction, for each delivery left `requested` for longer than
+    `older_than_seconds` since it was last asked for: its event was lost or dead-lettered (the
+    handler decides a delivery once, so a second request of one still in flight changes nothing).
+    Returns {"redriven": ids, "given_up": ids re-driven REDRIVES times already, said once}."""
+    rows = conn.execute(
+        """SELECT d.id, d.requested_scene_ids, d.redriven, p.name AS project FROM deliveries d
+           JOIN projects p ON p.id = d.project_id
+           WHERE d.status = 'requested' AND d.redriven <= %s
+             AND d.updated_at < now() - make_interval(secs => %s)
+           ORDER BY d.id LIMIT %s FOR UPDATE OF d SKIP LOCKED""",
+        [REDRIVES, float(older_than_seconds), limit]).fetchall()
+    done: dict[str, list[int]] = {"redriven": [], "given_up": []}
+    for row in rows:
+        conn.execute("UPDATE deliveries SET redriven = redriven + 1 WHERE id = %s", [row["id"]])
+        if row["redriven"] == REDRIVES:  # counted once more, so it is said once
+            done["given_up"].append(row["id"])
+            continue
+        emit(DeliveryRequested(delivery_id=row["id"], project=row["project"], scene_ids=row["requested_scene_ids"]))
+        done["redriven"].append(row["id"])
+    return done

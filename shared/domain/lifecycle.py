@@ -3,8 +3,9 @@
   scene:    pending → generating → generated → approved; generating → failed → (retry) generating
   segment:  pending → generating → generated; pending | generating → failed → (retry) pending
   job:      queued → (claimed by a worker, under a lease) running → succeeded | failed;
-            running → queued when a stopping worker gives it back; a retry is a new attempt
-            row, never an overwrite of the failed one
+            running → queued when a stopping worker gives it back; failed → succeeded when the
+            attempt's success report arrives after its failure report (success wins); a retry is
+            a new attempt row, never an overwrite of the failed one
   delivery: requested → completed | rejected
 
 Each transition is one guarded UPDATE (`… WHERE status IN (what it may come from)`), so a late,
@@ -268,16 +269,34 @@ def job_progressed(conn: psycopg.Connection, job_id: int, fraction: float) -> Tr
 
 def job_succeeded(conn: psycopg.Connection, event: GenerationCompleted) -> Transition:
     """running → succeeded, with the files and what they cost: the render, the load, the time the
-    worker held its device, which worker, how many samples one call rendered."""
+    worker held its device, which worker, how many samples one call rendered.
+
+    Reports travel on separate topics, so the failure report of an attempt can arrive before its
+    success: a success always wins over a failure of the same attempt (failed → succeeded), unless
+    another attempt of the segment succeeded already (one success per segment)."""
     return _changed(
         conn,
         """UPDATE generation_jobs
-           SET status = 'succeeded', progress = 1, finished_at = now(), lease_expires_at = NULL,
+           SET status = 'succeeded', progress = 1, finished_at = now(), lease_expires_at = NULL, error = NULL,
                device = %s, device_seconds = %s, video_key = %s, poster_key = %s, metadata_key = %s,
                sha256 = %s, frames = %s, load_seconds = %s, held_seconds = %s, worker_id = %s, batch_size = %s
-           WHERE id = %s AND status = 'running'""",
+           WHERE id = %s AND (status = 'running' OR status = 'failed' AND NOT EXISTS (
+               SELECT 1 FROM generation_jobs o WHERE o.segment_id = generation_jobs.segment_id AND o.status = 'succeeded'))""",
         [event.device, event.device_seconds, event.video_key, event.poster_key, event.metadata_key, event.sha256,
          event.frames, event.load_seconds, event.held_seconds, event.worker_id, event.batch_size, event.job_id],
+    )
+
+
+def supersede_other_attempts(conn: psycopg.Connection, segment_id: int, job_id: int) -> Transition:
+    """queued | running → failed for the segment's other attempts once `job_id` succeeded after
+    its failure report (which had queued them): the segment needs no more. A worker running one
+    loses it at its next report, as when its lease expires."""
+    return _changed(
+        conn,
+        """UPDATE generation_jobs SET status = 'failed', finished_at = now(), lease_expires_at = NULL,
+                  error = 'superseded: job ' || %s || ' of this segment succeeded after its failure report'
+           WHERE segment_id = %s AND id <> %s AND status IN ('queued', 'running')""",
+        [job_id, segment_id, job_id],
     )
 
 
@@ -316,7 +335,8 @@ def apply_progress(conn: psycopg.Connection, event: GenerationProgress) -> str |
 
 def apply_completed(conn: psycopg.Connection, event: GenerationCompleted, similarity_threshold: float) -> str | None:
     if not job_succeeded(conn, event):
-        return None  # reported before, or the job was already given up on
+        return None  # reported before, or another attempt of the segment succeeded
+    supersede_other_attempts(conn, event.segment_id, event.job_id)
     finish_segment(conn, event.segment_id, ssim=event.ssim, psnr=event.psnr, comparison_key=event.comparison_key,
                    similarity_threshold=similarity_threshold)
     if finish_scene(conn, event.scene_id):

@@ -5,14 +5,16 @@ The relay hands every unsent outbox event to each function subscribed to its typ
 outbox order and deletes them in the same transaction as its effects. Everything lives in
 Postgres, so a crash loses nothing: undeleted deliveries are simply applied on the next run,
 and `processed_events` makes that effectively-once. One process at a time serves a function
-(an advisory lock), which keeps events of one subject in order.
+(an advisory lock), which keeps events of one subject in order: a delivery deferred after a
+transient failure (shared.runtime.consumer) holds back the later deliveries of its key, and only
+those, until its retry time.
 """
 
 from collections.abc import Callable, Sequence
 
 import psycopg
 
-from shared.runtime.consumer import Function, Message, Outcome, RetryPolicy, apply_batch
+from shared.runtime.consumer import Function, Message, Outcome, RetryPolicy, apply_batch, retry_policy
 from shared.runtime.dead_letters import record_on_bus
 from shared.runtime.outbox import listen_for_outbox, lock_unsent, mark_sent, wait_for_outbox
 from shared.runtime.supervise import Supervised
@@ -42,20 +44,28 @@ def relay_to_bus(conn: psycopg.Connection, functions: Sequence[Function], limit:
 
 
 def consume_from_bus(
-    conn: psycopg.Connection, deps, function: Function, limit: int = 500, retry: RetryPolicy = RetryPolicy()
+    conn: psycopg.Connection, deps, function: Function, limit: int = 500, retry: RetryPolicy | None = None
 ) -> Outcome:
-    """Apply up to `limit` pending deliveries of `function`, oldest first, in one transaction."""
+    """Apply up to `limit` pending deliveries of `function`, oldest first, in one transaction.
+    Deliveries deferred after a transient failure stay, for their retry time."""
     with conn.transaction():
         locked = conn.execute(
             "SELECT pg_try_advisory_xact_lock(hashtext('tierflow.bus.' || %s)) AS ok", [function.name]
         ).fetchone()["ok"]
         if not locked:
             return Outcome()  # another process serves this function
+        # Not yet: a deferred delivery before its retry time, and any later one of the same key.
         rows = conn.execute(
             """SELECT d.outbox_id, o.topic, o.message_key, o.payload::text AS payload
                FROM bus_deliveries d JOIN outbox o ON o.id = d.outbox_id
-               WHERE d.consumer = %s ORDER BY d.outbox_id LIMIT %s""",
-            [function.name, limit],
+               WHERE d.consumer = %(consumer)s AND NOT EXISTS (
+                   SELECT 1 FROM event_failures f
+                   JOIN bus_deliveries w ON w.consumer = f.consumer AND f.ref = 'outbox-' || w.outbox_id
+                   JOIN outbox wo ON wo.id = w.outbox_id
+                   WHERE f.consumer = %(consumer)s AND f.retry_at > now()
+                     AND wo.message_key = o.message_key AND w.outbox_id <= d.outbox_id)
+               ORDER BY d.outbox_id LIMIT %(limit)s""",
+            {"consumer": function.name, "limit": limit},
             prepare=False,
         ).fetchall()
         if not rows:
@@ -63,11 +73,12 @@ def consume_from_bus(
         messages = [
             Message(r["topic"], r["payload"].encode(), r["message_key"].encode(), outbox_id=r["outbox_id"]) for r in rows
         ]
-        outcome = apply_batch(conn, deps.ports, function, messages, retry)
+        outcome = apply_batch(conn, deps.ports, function, messages, retry or retry_policy(deps.settings))
         record_on_bus(conn, function.name, outcome.dead)
+        later = {m.outbox_id for m in outcome.not_done}
         conn.execute(
             "DELETE FROM bus_deliveries WHERE consumer = %s AND outbox_id = ANY(%s)",
-            [function.name, [r["outbox_id"] for r in rows]],
+            [function.name, [r["outbox_id"] for r in rows if r["outbox_id"] not in later]],
         )
     return outcome
 
@@ -114,8 +125,8 @@ def step(conn, deps, subscribers: Sequence[Function], functions: Sequence[Functi
     busy = relay_to_bus(conn, subscribers) > 0
     for function in functions:
         outcome = consume_from_bus(conn, deps, function)
-        if outcome.applied or outcome.duplicates or outcome.dead:
-            busy = True
-            if on_outcome:
-                on_outcome(function, outcome)
+        did = bool(outcome.applied or outcome.duplicates or outcome.dead)  # a deferral waits for its time
+        busy = busy or did
+        if on_outcome and (did or outcome.deferred):
+            on_outcome(function, outcome)
     return busy

@@ -6,9 +6,15 @@ handler fails there, that savepoint is rolled back and the batch is applied agai
 savepoint, so one failure undoes that message only. A message is:
   - applied: parsed, claimed in `processed_events` (effectively-once) and handled;
   - a duplicate: claimed before (a redelivery), so nothing changes;
-  - dead: unparseable, refused by a rule, or still failing after bounded retries with backoff.
-The caller then commits, sends the dead letters where its runtime keeps them, and only after
-that acknowledges the batch (commits offsets, deletes deliveries).
+  - deferred: failed for a reason that may pass (an unreachable service, a deadlock) after a few
+    quick tries in place; it is tried again after a pause that grows with each deferral, for up to
+    `RetryPolicy.transient_seconds` since its first failure (recorded in `event_failures`, so a
+    restart neither forgets nor starts over), and only then is it dead;
+  - waiting: behind a deferred event of its lane (the same key on the embedded bus, the same
+    partition on Kafka), so events about one thing stay in order; not tried;
+  - dead: unparseable, refused by a rule, or failing for longer than the transient window.
+The caller then commits, sends the dead letters where its runtime keeps them, arranges the retry
+of what was deferred, and only after that acknowledges the rest (commits offsets, deletes deliveries).
 """
 
 import time
@@ -47,6 +53,11 @@ class Message:
     outbox_id: int | None = None  # embedded bus
 
     @property
+    def lane(self) -> tuple:
+        """What must stay in order: a Kafka partition; on the embedded bus, the key (the subject)."""
+        return (self.topic, self.partition) if self.partition is not None else (self.key,)
+
+    @property
     def ref(self) -> str:
         """"topic-partition-offset" (the id Lambda's partial batch response takes) or "outbox-ID"."""
         if self.partition is not None:
@@ -59,14 +70,30 @@ class Outcome:
     applied: list[Message] = field(default_factory=list)
     duplicates: list[Message] = field(default_factory=list)
     dead: list[tuple[Message, str]] = field(default_factory=list)
+    deferred: list[tuple[Message, str, float]] = field(default_factory=list)  # (message, why, seconds to its retry)
+    waiting: list[Message] = field(default_factory=list)
+
+    @property
+    def not_done(self) -> list[Message]:
+        """Deferred and waiting: to be received again, in order."""
+        return sorted([m for m, _, _ in self.deferred] + self.waiting, key=lambda m: (m.offset or 0, m.outbox_id or 0))
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded retries for transient failures: attempts in all, first pause, doubling."""
+    """Transient failures: `attempts` quick tries in place (pauses from `backoff_seconds`,
+    doubling), then deferrals whose pauses double from 1 s up to `longest_pause`, until
+    `transient_seconds` have passed since the first failure (0: dead at once)."""
 
     attempts: int = 3
     backoff_seconds: float = 0.05
+    transient_seconds: float = 300.0
+    longest_pause: float = 30.0
+
+
+def retry_policy(settings) -> RetryPolicy:
+    """The policy TIERFLOW_TRANSIENT_RETRY_SECONDS sets."""
+    return RetryPolicy(transient_seconds=settings.transient_retry_seconds)
 
 
 def _permanent(exc: Exception) -> bool:
@@ -107,8 +134,16 @@ def apply_batch(
     uow = UnitOfWork(conn, source=f"urn:tierflow:{function.name}")
     # 2. claim and handle: all at once, or (after a failure, or when isolated) one by one
     if function.isolated or not _apply_together(conn, uow, ports, function, parsed, outcome):
+        held_up = set()  # lanes with a deferred event: what follows in them waits
         for message, event_id, event in parsed:
-            _apply_one(conn, uow, ports, function, message, event_id, event, retry, outcome)
+            if message.lane in held_up:
+                outcome.waiting.append(message)
+            elif not _apply_one(conn, uow, ports, function, message, event_id, event, retry, outcome):
+                held_up.add(message.lane)
+    # 3. what had failed before and is done now is forgotten
+    done = [m.ref for m in outcome.applied + outcome.duplicates]
+    if done:
+        conn.execute("DELETE FROM event_failures WHERE consumer = %s AND ref = ANY(%s)", [function.name, done])
     return outcome
 
 
@@ -137,24 +172,52 @@ def _apply_together(conn, uow: UnitOfWork, ports: Ports, function: Function, par
 
 
 def _apply_one(conn, uow: UnitOfWork, ports: Ports, function: Function, message: Message, event_id: str, event,
-               retry: RetryPolicy, outcome: Outcome) -> None:
-    """Claim and handle one event in its own savepoint, retrying what may be transient."""
+               retry: RetryPolicy, outcome: Outcome) -> bool:
+    """Claim and handle one event in its own savepoint, retrying what may be transient; False
+    when it was deferred."""
     for attempt in range(1, retry.attempts + 1):
         try:
             with conn.transaction():
                 if not uow.claim(function.name, event_id):
                     outcome.duplicates.append(message)
-                    return
+                    return True
                 function.handle(event, uow, ports)
             outcome.applied.append(message)
-            return
+            return True
         except psycopg.OperationalError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is classified below
             if _permanent(exc):
+                _forget_failure(conn, function.name, message)
                 outcome.dead.append((message, f"refused: {exc}"))
-                return
+                return True
             if attempt == retry.attempts:
-                outcome.dead.append((message, f"failed {attempt} times, last: {type(exc).__name__}: {exc}"))
-                return
+                return _defer(conn, function.name, message, f"{type(exc).__name__}: {exc}", retry, outcome)
             time.sleep(retry.backoff_seconds * 2 ** (attempt - 1))
+    raise AssertionError("unreachable: the last attempt returns")
+
+
+def _defer(conn, consumer: str, message: Message, error: str, retry: RetryPolicy, outcome: Outcome) -> bool:
+    """Record a transient failure; the message is deferred, or dead once it has failed for longer
+    than the policy allows. False when deferred."""
+    row = conn.execute(
+        """INSERT INTO event_failures AS f (consumer, ref, last_error, retry_at)
+           VALUES (%(consumer)s, %(ref)s, %(error)s, now() + interval '1 second')
+           ON CONFLICT (consumer, ref) DO UPDATE SET
+               tries = f.tries + 1, last_error = EXCLUDED.last_error,
+               retry_at = now() + make_interval(secs => LEAST(%(longest)s, 2 ^ f.tries))
+           RETURNING tries, EXTRACT(EPOCH FROM now() - first_failed_at)::float8 AS failing_for,
+                     EXTRACT(EPOCH FROM retry_at - now())::float8 AS pause""",
+        {"consumer": consumer, "ref": message.ref, "error": error[:2000], "longest": float(retry.longest_pause)},
+    ).fetchone()
+    if row["failing_for"] >= retry.transient_seconds:
+        _forget_failure(conn, consumer, message)
+        tries = row["tries"] * retry.attempts
+        outcome.dead.append((message, f"failed {tries} times over {row['failing_for']:.0f} s, last: {error}"))
+        return True
+    outcome.deferred.append((message, error, row["pause"]))
+    return False
+
+
+def _forget_failure(conn, consumer: str, message: Message) -> None:
+    conn.execute("DELETE FROM event_failures WHERE consumer = %s AND ref = %s", [consumer, message.ref])

@@ -42,21 +42,46 @@ def lost_jobs_line(job_ids: list[int]) -> str:
 
 
 def sweep_period(settings) -> float:
-    """How often lease sweepers look: a third of a lease, at most every 10 s."""
+    """How often sweepers look: a third of a lease, at most every 10 s."""
     return max(0.2, min(settings.job_lease_seconds / 3, 10.0))
 
 
-def sweep_leases_until(deps, should_stop: Callable[[], bool], supervised: Supervised) -> None:
-    """The lease sweeper of `serve` and `consume` (workers run one too): every `sweep_period`,
+def redrive_deliveries(deps) -> dict[str, list[int]]:
+    """Request again the deliveries left undecided for TIERFLOW_DELIVERY_REDRIVE_SECONDS
+    (shared.domain.delivery.redrive_stuck)."""
+    from shared.domain.delivery import redrive_stuck
+
+    with deps.uow() as uow:
+        return redrive_stuck(uow.conn, uow.emit, deps.settings.delivery_redrive_seconds)
+
+
+def redrive_lines(done: dict[str, list[int]], settings) -> list[str]:
+    """What a re-drive says."""
+    lines = []
+    if done["redriven"]:
+        lines.append(f"deliveries {', '.join(map(str, done['redriven']))} were undecided after "
+                     f"{settings.delivery_redrive_seconds:g} s: requested again")
+    if done["given_up"]:
+        lines.append(f"deliveries {', '.join(map(str, done['given_up']))} are still undecided after every re-drive: "
+                     "their requests are in the dead letters (tierflow events dlq, then --replay after a fix)")
+    return lines
+
+
+def sweep_until(deps, should_stop: Callable[[], bool], supervised: Supervised) -> None:
+    """The sweeper of `serve`, `consume` and `relay` (workers sweep leases too): every
+    `sweep_period` it fails the attempts of lost workers and re-drives undecided deliveries,
     through database outages (logged once, at their start and their end)."""
     period = sweep_period(deps.settings)
 
     def loop() -> None:
         while not should_stop():
             swept = sweep_lost_jobs(deps)
+            redriven = redrive_deliveries(deps)
             supervised.cycle()
             if swept:
                 supervised.log(lost_jobs_line(swept))
+            for line in redrive_lines(redriven, deps.settings):
+                supervised.log(line)
             wait_unless_stopped(should_stop, period)
 
     supervised.run(loop, should_stop)

@@ -9,7 +9,9 @@ Guarantees, and how:
   between its commit and the offset commit is redelivered, and `processed_events` turns both
   into no-ops;
 - poison messages never block a partition: they go to `<topic>.dlq` with the reason and the
-  original bytes, and the offset moves on.
+  original bytes, and the offset moves on;
+- a transient failure holds back its partition only: the runner seeks back to the deferred event,
+  pauses that partition until its retry time and keeps consuming the others.
 """
 
 import logging
@@ -23,7 +25,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from events import ALL_TOPICS, dlq_topic
-from shared.runtime.consumer import Function, Message, Outcome, RetryPolicy, apply_batch
+from shared.runtime.consumer import Function, Message, Outcome, RetryPolicy, apply_batch, retry_policy
 from shared.runtime.dead_letters import send_to_kafka
 from shared.runtime.outbox import lock_unsent, mark_sent
 from shared.runtime.supervise import Supervised
@@ -96,11 +98,16 @@ class KafkaFunctionRunner:
     """Runs one function as a member of its consumer group."""
 
     def __init__(self, deps, function: Function, bootstrap: str, producer: KafkaProducer,
-                 retry: RetryPolicy = RetryPolicy(), batch_size: int = 500, commit_interval: float = 1.0):
+                 retry: RetryPolicy | None = None, batch_size: int = 500, commit_interval: float = 1.0,
+                 instance_id: str | None = None):
+        """`instance_id`: a stable name of this process (Kafka static membership): restarted under
+        the same name, it takes its partitions back at once instead of after a rebalance."""
         self.deps = deps
         self.function = function
         self.producer = producer
-        self.retry = retry
+        self.retry = retry or retry_policy(deps.settings)
+        self.supervised = Supervised(f"consumer {function.name}")
+        self._paused: dict[TopicPartition, float] = {}  # held back after a deferral, until time.monotonic()
         self.commit_interval = commit_interval
         self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}  # applied, offsets not yet committed
         self._committed_at = float("-inf")  # time.monotonic() of the last offset commit
@@ -111,12 +118,15 @@ class KafkaFunctionRunner:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=batch_size,
+            session_timeout_ms=int(deps.settings.kafka_session_timeout_seconds * 1000),
+            heartbeat_interval_ms=int(deps.settings.kafka_session_timeout_seconds * 1000 / 3),
+            group_instance_id=f"{instance_id}.{function.name}" if instance_id else None,
         )
 
     def run(self, should_stop: Callable[[], bool], on_outcome: Callable[[Function, Outcome], None] | None = None):
         """Poll, apply, dead-letter, commit offsets — until `should_stop()`; then leave the group.
         Outlives outages of PostgreSQL and Kafka (shared.runtime.supervise); a bug is raised."""
-        supervised = Supervised(f"consumer {self.function.name}")
+        supervised = self.supervised
         stopped = False
         try:
             supervised.run(lambda: self._serve(should_stop, on_outcome, supervised), should_stop)
@@ -132,6 +142,7 @@ class KafkaFunctionRunner:
     def _serve(self, should_stop, on_outcome, supervised: Supervised) -> None:
         with self.deps.connect() as conn:
             while not should_stop():
+                self._resume_due()
                 batch = self.consumer.poll(timeout_ms=200)
                 if not batch:
                     self._commit_offsets()  # idle: what was applied is committed now
@@ -159,16 +170,40 @@ class KafkaFunctionRunner:
         # 2. dead letters, acknowledged by the broker before the offsets move past them
         if outcome.dead:
             send_to_kafka(self.producer, self.function.name, outcome.dead)
-        # 3. offsets: at most once per commit_interval while busy (a commit per batch would be a
+        # 3. a partition with a deferred event is read again from there, after its pause
+        held_back = self._hold_back(outcome)
+        # 4. offsets: at most once per commit_interval while busy (a commit per batch would be a
         # broker request per batch, hundreds a second under moderate load), without waiting for
         # the broker (a blocking commit costs ~9 ms). Events applied but not yet committed are
         # redelivered after a crash or a rebalance, and processed_events turns them into no-ops.
         self._uncommitted.update({
-            partition: OffsetAndMetadata(records[-1].offset + 1, "", -1) for partition, records in batch.items()
+            partition: OffsetAndMetadata(held_back.get(partition, records[-1].offset + 1), "", -1)
+            for partition, records in batch.items()
         })
         if time.monotonic() - self._committed_at >= self.commit_interval:
             self._commit_offsets()
         return outcome
+
+    def _hold_back(self, outcome: Outcome) -> dict[TopicPartition, int]:
+        """Seek each partition with a deferred event back to it and pause the partition until the
+        event's retry time; returns those partitions' first offsets not done."""
+        first: dict[TopicPartition, int] = {}
+        for message in outcome.not_done:
+            first.setdefault(TopicPartition(message.topic, message.partition), message.offset)
+        pauses = {TopicPartition(m.topic, m.partition): pause for m, _, pause in outcome.deferred}
+        for partition, offset in first.items():
+            self.consumer.seek(partition, offset)
+            self.consumer.pause(partition)
+            self._paused[partition] = time.monotonic() + pauses.get(partition, 1.0)
+        return first
+
+    def _resume_due(self) -> None:
+        now, assigned = time.monotonic(), self.consumer.assignment()
+        due = [p for p, at in self._paused.items() if at <= now or p not in assigned]
+        for partition in due:
+            del self._paused[partition]
+        if due := [p for p in due if p in assigned]:
+            self.consumer.resume(*due)
 
     def _commit_offsets(self) -> None:
         if self._uncommitted:

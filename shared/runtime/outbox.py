@@ -48,6 +48,10 @@ _PRUNE = {
                        AND NOT EXISTS (SELECT 1 FROM bus_deliveries d WHERE d.outbox_id = o.id)
                        AND NOT EXISTS (SELECT 1 FROM dead_letters l WHERE l.outbox_id = o.id AND l.replayed_at IS NULL)
                      ORDER BY o.id LIMIT %(batch)s)""",
+    # A failure record outlives its event only when the event went away unapplied (a topic reset).
+    "event_failures": """DELETE FROM event_failures WHERE ctid IN (
+                             SELECT ctid FROM event_failures
+                             WHERE first_failed_at < now() - make_interval(secs => %(seconds)s) LIMIT %(batch)s)""",
     "processed_events": """DELETE FROM processed_events WHERE ctid IN (
                                SELECT ctid FROM processed_events
                                WHERE processed_at < now() - make_interval(secs => %(seconds)s)

@@ -35,7 +35,7 @@ def recorder(conn):
 
 def _apply(conn, deps, function, messages):
     with conn.transaction():
-        return apply_batch(conn, deps.ports, function, messages, RetryPolicy(attempts=1))
+        return apply_batch(conn, deps.ports, function, messages, RetryPolicy(attempts=1, transient_seconds=0))
 
 
 def _seen(conn) -> list[str]:
@@ -64,7 +64,7 @@ def test_one_failure_undoes_only_that_event(deps, conn, recorder):
     batch = [_message(SceneApproved(scene_id=1, approved_by=who)) for who in ["a", "refuse", "b"]]
     outcome = _apply(conn, deps, function, batch)
     assert outcome.applied == [batch[0], batch[2]]
-    assert [(m, reason) for m, reason in outcome.dead] == [(batch[1], "failed 1 times, last: ValueError: no")]
+    assert [(m, reason) for m, reason in outcome.dead] == [(batch[1], "failed 1 times over 0 s, last: ValueError: no")]
     assert _seen(conn) == ["a", "b"]  # the batch attempt that failed left nothing behind
     assert conn.execute("SELECT count(*) AS n FROM processed_events").fetchone()["n"] == 2
     # The batch was tried whole first (a, refuse), then one event per savepoint.

@@ -206,3 +206,60 @@ def test_a_delivery_of_one_draft_and_400_unknown_scenes_is_rejected_with_every_r
     assert "was requested but not decided within 1 s (is `tierflow consume` running?)" in line
     assert "GET /api/deliveries/2" in line
     assert bad.returncode == 2 and "argument --timeout: 0 is not above 0" in bad.stderr
+
+
+def test_a_10_s_s3_outage_during_a_delivery_ends_in_a_completed_delivery(gen_deps, chain, conn):
+    from tests.conftest import s3_outage
+
+    delivery_id = delivery.request_delivery(gen_deps, "fox", [chain["production"]])
+    with s3_outage(gen_deps.settings.home, seconds=10):
+        # The handler meets the outage: the delivery is deferred, not dead-lettered or rejected.
+        run_until(gen_deps, lambda c: c.execute(
+            "SELECT 1 FROM event_failures WHERE consumer = 'on_delivery_requested'").fetchone() is not None,
+            settle=False, timeout=30)
+        [failure] = conn.execute("SELECT last_error FROM event_failures").fetchall()
+        assert "EndpointConnectionError" in failure["last_error"] or "Could not connect" in failure["last_error"]
+        assert conn.execute("SELECT status FROM deliveries WHERE id = %s", [delivery_id]).fetchone()["status"] == \
+            "requested"
+    run_until(gen_deps, lambda c: c.execute(
+        "SELECT status FROM deliveries WHERE id = %s", [delivery_id]).fetchone()["status"] != "requested", timeout=120)
+    result = delivery.get_delivery(conn, delivery_id, gen_deps.s3, gen_deps.bucket)
+    assert result["status"] == "completed", result["reasons"]
+    assert len(_delivered_objects(gen_deps, delivery_id)) == 3  # two segments and the manifest
+    assert conn.execute("SELECT count(*) AS n FROM dead_letters").fetchone()["n"] == 0
+    assert conn.execute("SELECT count(*) AS n FROM event_failures").fetchone()["n"] == 0
+
+
+def test_a_delivery_whose_request_was_lost_is_requested_again_then_left_to_an_operator(gen_deps, chain, conn):
+    from shared.runtime import drive
+
+    conn.execute("SET session_replication_role = replica")  # no triggers here: updated_at is backdated below
+    delivery_id = delivery.request_delivery(gen_deps, "fox", [chain["production"]])
+    # Its event is lost (dead-lettered, say): nothing is pending for the handler any more.
+    conn.execute("UPDATE outbox SET sent_at = now() WHERE sent_at IS NULL")
+    conn.execute("DELETE FROM bus_deliveries")
+    conn.execute("UPDATE deliveries SET updated_at = now() - interval '1 hour' WHERE id = %s", [delivery_id])
+    done = drive.redrive_deliveries(gen_deps)
+    assert done == {"redriven": [delivery_id], "given_up": []}
+    assert drive.redrive_deliveries(gen_deps) == {"redriven": [], "given_up": []}  # not again before its time
+    run_until(gen_deps, lambda c: c.execute(
+        "SELECT status FROM deliveries WHERE id = %s", [delivery_id]).fetchone()["status"] != "requested", timeout=60)
+    assert delivery.get_delivery(conn, delivery_id)["status"] == "completed"
+    assert delivery.get_delivery(conn, delivery_id)["redriven"] == 1
+
+    # One that never gets decided is asked for three times, then said once, then left alone.
+    stuck = delivery.request_delivery(gen_deps, "fox", [chain["production"]])
+    for attempt in range(delivery.REDRIVES + 2):
+        conn.execute("UPDATE outbox SET sent_at = now() WHERE sent_at IS NULL")
+        conn.execute("DELETE FROM bus_deliveries")
+        conn.execute("UPDATE deliveries SET updated_at = now() - interval '1 hour' WHERE id = %s", [stuck])
+        done = drive.redrive_deliveries(gen_deps)
+        expected = ({"redriven": [stuck], "given_up": []} if attempt < delivery.REDRIVES else
+                    {"redriven": [], "given_up": [stuck]} if attempt == delivery.REDRIVES else
+                    {"redriven": [], "given_up": []})
+        assert done == expected, attempt
+    assert "still undecided after every re-drive" in drive.redrive_lines(
+        {"redriven": [], "given_up": [stuck]}, gen_deps.settings)[0]
+    requests = conn.execute("SELECT count(*) AS n FROM outbox WHERE topic = 'delivery.requested' AND message_key = %s",
+                            [str(stuck)]).fetchone()["n"]
+    assert requests == 1 + delivery.REDRIVES

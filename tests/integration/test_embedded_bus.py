@@ -1,6 +1,7 @@
 """The embedded bus: the same handlers and guarantees as on Kafka, fed from the Postgres outbox."""
 
 import json
+import re
 
 import pytest
 
@@ -110,15 +111,86 @@ def test_events_of_one_subject_are_applied_in_order_and_transient_failures_retri
         "a", "b", "flaky", "c", "d"]
 
 
-def test_a_handler_that_keeps_failing_is_dead_lettered_after_bounded_retries(deps, conn):
+def _deps_retrying_for(database_url, home, seconds: float):
+    from shared.bootstrap import Deps
+    from shared.config import Settings
+
+    return Deps(Settings(database_url=database_url, home=home, transient_retry_seconds=seconds))
+
+
+def _drain_until(deps, functions, condition, timeout: float = 30) -> None:
+    """Run the bus (deferred deliveries come back at their retry time) until `condition()`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        bus.drain(deps, functions, functions)
+        time.sleep(0.2)
+
+
+def test_a_transient_failure_holds_back_its_subject_only_and_is_applied_once_it_passes(deps, conn):
+    conn.execute("CREATE TABLE seen (n serial, scene_id bigint, approved_by text)")
+    storage_down = {"now": True}
+
+    def record(event, uow, ports):
+        if event.approved_by == "flaky" and storage_down["now"]:
+            raise ConnectionResetError("S3 said 503 Slow Down")
+        uow.conn.execute("INSERT INTO seen (scene_id, approved_by) VALUES (%s, %s)", [event.scene_id, event.approved_by])
+
+    recorder = Function("recorder", ("scene.approved",), record)
+    for scene, who in [(7, "flaky"), (7, "behind"), (8, "other")]:
+        _publish(deps, SceneApproved(scene_id=scene, approved_by=who))
+    bus.drain(deps, [recorder], [recorder])
+
+    def seen():
+        return [r["approved_by"] for r in conn.execute("SELECT approved_by FROM seen ORDER BY n")]
+
+    assert seen() == ["other"]  # scene 7's events wait behind the failing one; scene 8's do not
+    [failure] = conn.execute("SELECT tries, last_error, retry_at > now() AS later FROM event_failures").fetchall()
+    assert failure == {"tries": 1, "last_error": "ConnectionResetError: S3 said 503 Slow Down", "later": True}
+    assert conn.execute("SELECT count(*) AS n FROM bus_deliveries WHERE consumer = 'recorder'").fetchone()["n"] == 2
+    _drain_until(deps, [recorder], lambda: conn.execute("SELECT tries FROM event_failures").fetchone()["tries"] >= 2)
+    assert seen() == ["other"]
+    storage_down["now"] = False
+    _drain_until(deps, [recorder], lambda: len(seen()) == 3)
+    assert seen() == ["other", "flaky", "behind"]
+    assert conn.execute("SELECT count(*) AS n FROM event_failures").fetchone()["n"] == 0
+    assert conn.execute("SELECT count(*) AS n FROM dead_letters").fetchone()["n"] == 0
+
+
+def test_a_handler_that_keeps_failing_is_dead_lettered_once_the_transient_window_has_passed(database_url, tmp_path,
+                                                                                             conn):
     def broken(event, uow, ports):
         raise TimeoutError("GPU queue did not answer")
 
     function = Function("broken", ("scene.approved",), broken)
+    deps = _deps_retrying_for(database_url, tmp_path / "home", 2.5)
+    _publish(deps, SceneApproved(scene_id=1))
+    bus.drain(deps, [function], [function])
+    assert conn.execute("SELECT count(*) AS n FROM dead_letters").fetchone()["n"] == 0
+    _drain_until(deps, [function], lambda: conn.execute("SELECT 1 FROM dead_letters").fetchone() is not None)
+    [letter] = conn.execute("SELECT consumer, reason FROM dead_letters").fetchall()
+    assert letter["consumer"] == "broken"
+    assert re.fullmatch(r"failed (\d+) times over [23] s, last: TimeoutError: GPU queue did not answer", letter["reason"])
+    assert int(re.match(r"failed (\d+)", letter["reason"])[1]) >= 6  # two deferrals of three quick tries at least
+    assert conn.execute("SELECT count(*) AS n FROM event_failures").fetchone()["n"] == 0
+    assert conn.execute("SELECT count(*) AS n FROM bus_deliveries").fetchone()["n"] == 0
+    deps.close()
+
+
+def test_with_no_transient_window_a_failing_handler_is_dead_lettered_after_its_quick_tries(database_url, tmp_path,
+                                                                                           conn):
+    def broken(event, uow, ports):
+        raise TimeoutError("GPU queue did not answer")
+
+    function = Function("broken", ("scene.approved",), broken)
+    deps = _deps_retrying_for(database_url, tmp_path / "home", 0)
     _publish(deps, SceneApproved(scene_id=1))
     bus.drain(deps, [function], [function])
     [letter] = conn.execute("SELECT consumer, reason FROM dead_letters").fetchall()
-    assert letter == {"consumer": "broken", "reason": "failed 3 times, last: TimeoutError: GPU queue did not answer"}
+    assert letter == {"consumer": "broken", "reason": "failed 3 times over 0 s, last: TimeoutError: GPU queue did not answer"}
+    deps.close()
 
 
 def test_a_crash_before_commit_loses_nothing_and_doubles_nothing(deps, conn):
@@ -230,14 +302,18 @@ def test_pruning_deletes_old_sent_events_and_records_but_nothing_still_needed(de
     conn.execute("INSERT INTO processed_events (consumer, event_id, processed_at) SELECT 'c', 'old-' || n, "
                  "now() - interval '8 days' FROM generate_series(1, 7) n")
     conn.execute("INSERT INTO processed_events (consumer, event_id) VALUES ('c', 'new')")
+    conn.execute("INSERT INTO event_failures (consumer, ref, first_failed_at, last_error, retry_at) VALUES "
+                 "('c', 'gone', now() - interval '8 days', 'x', now()), ('c', 'failing', now(), 'x', now())")
 
-    assert outbox_module.prune(conn, 7, batch_size=2) == {"outbox": 5, "processed_events": 7}
+    assert outbox_module.prune(conn, 7, batch_size=2) == {"outbox": 5, "event_failures": 1, "processed_events": 7}
     left = {r["id"] for r in conn.execute("SELECT id FROM outbox")}
     assert left == {recent, unsent, undelivered, dead} and not left & set(old)
     assert [r["event_id"] for r in conn.execute("SELECT event_id FROM processed_events")] == ["new"]
 
     done = run_cli("db", "prune", "--json", env={"TIERFLOW_DATABASE_URL": database_url})
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"older_than_days": 7.0, "deleted": {"outbox": 0, "processed_events": 0}}
+    assert json.loads(done.stdout) == {"older_than_days": 7.0,
+                                       "deleted": {"outbox": 0, "event_failures": 0, "processed_events": 0}}
+    assert [r["ref"] for r in conn.execute("SELECT ref FROM event_failures")] == ["failing"]
     refused = run_cli("db", "prune", "--older-than", "0", env={"TIERFLOW_DATABASE_URL": database_url})
     assert refused.returncode == 2 and "argument --older-than: 0 is not above 0" in refused.stderr

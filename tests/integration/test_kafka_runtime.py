@@ -288,3 +288,87 @@ def test_pruning_is_refused_for_a_retention_the_broker_makes_unsafe(kafka_deps, 
     assert refused.stderr.strip() == ("tierflow: 1.5 days is shorter than the broker keeps events (24 h) plus a "
                                       "day: keep them at least 2 days")
     assert run_cli("db", "prune", "--older-than", "2", env=env).returncode == 0
+
+
+def _wait_for(condition, thread, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert thread.is_alive(), f"the runner stopped while waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_a_transient_failure_holds_back_its_partition_only_and_is_applied_once_it_passes(kafka_deps, conn):
+    from shared.runtime.consumer import Function
+
+    bootstrap = kafka_deps.settings.kafka_bootstrap
+    ensure_topics(bootstrap, 4)
+    flaky, behind, other = make_scene(conn), make_scene(conn), make_scene(conn)
+    storage_down = threading.Event()
+    storage_down.set()
+
+    def handle(event, uow, ports):
+        if event.scene_id == flaky and storage_down.is_set():
+            raise ConnectionResetError("S3 said 503 Slow Down")
+        APPROVALS.handle(event, uow, ports)
+
+    producer = _plain_producer(bootstrap)
+    for scene, partition in ((flaky, 0), (behind, 0), (other, 1)):
+        producer.send("scene.approved", key=str(scene).encode(), value=_approval_bytes(scene), partition=partition)
+    producer.flush()
+    runner = KafkaFunctionRunner(kafka_deps, Function("approvals", APPROVALS.consumes, handle), bootstrap,
+                                 make_producer(bootstrap))
+    seen, stop = [], threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop.is_set, lambda f, o: seen.append(o)))
+    thread.start()
+    try:
+        # The other partition goes on; the failing event and the one behind it in its partition wait.
+        _wait_for(lambda: _status(conn, other) == "approved", thread, "the other partition")
+        _wait_for(lambda: conn.execute("SELECT tries FROM event_failures").fetchone() is not None, thread, "a retry")
+        time.sleep(2.5)  # pauses of 1 s, then 2 s: a few tries, none applied
+        assert (_status(conn, flaky), _status(conn, behind)) == ("generated", "generated")
+        [failure] = conn.execute("SELECT ref, tries, last_error FROM event_failures").fetchall()
+        assert failure["ref"] == "scene.approved-0-0" and failure["tries"] >= 2
+        assert failure["last_error"] == "ConnectionResetError: S3 said 503 Slow Down"
+        storage_down.clear()
+        _wait_for(lambda: _status(conn, behind) == "approved", thread, "the held-back partition")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert _status(conn, flaky) == "approved"
+    assert not any(o.dead for o in seen)
+    assert conn.execute("SELECT count(*) AS n FROM processed_events").fetchone()["n"] == 3
+    assert conn.execute("SELECT count(*) AS n FROM event_failures").fetchone()["n"] == 0
+    # Offsets were committed past every event (the clean stop commits): nothing is read again.
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id="tierflow.approvals", enable_auto_commit=False)
+    committed = {p: consumer.committed(TopicPartition("scene.approved", p)) for p in (0, 1)}
+    consumer.close()
+    assert committed == {0: 2, 1: 1}
+
+
+def test_a_runner_survives_a_broker_restart_and_applies_each_event_once(kafka_deps, conn, kafka_broker):
+    bootstrap = kafka_broker.bootstrap
+    ensure_topics(bootstrap, 4)
+    before, after = make_scene(conn), make_scene(conn)
+    producer = _plain_producer(bootstrap)
+    producer.send("scene.approved", key=str(before).encode(), value=_approval_bytes(before))
+    producer.flush()
+    producer.close()
+    runner = KafkaFunctionRunner(kafka_deps, APPROVALS, bootstrap, make_producer(bootstrap))
+    seen, stop = [], threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop.is_set, lambda f, o: seen.append(o)))
+    thread.start()
+    try:
+        _wait_for(lambda: _status(conn, before) == "approved", thread, "the first event")
+        kafka_broker.restart()
+        producer = _plain_producer(bootstrap)
+        producer.send("scene.approved", key=str(after).encode(), value=_approval_bytes(after))
+        producer.flush()
+        producer.close()
+        _wait_for(lambda: _status(conn, after) == "approved", thread, "the event sent after the restart", timeout=120)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert not any(o.dead for o in seen)
+    assert conn.execute("SELECT count(*) AS n FROM processed_events").fetchone()["n"] == 2

@@ -8,6 +8,7 @@ import pytest
 from events import SceneApproved, envelope_for
 from functions import lambda_entry
 from functions.handlers import on_scene_approved
+from shared.runtime.consumer import Function
 from tests.conftest import make_scene
 
 pytestmark = pytest.mark.integration
@@ -24,8 +25,8 @@ def _record(topic: str, partition: int, offset: int, value: bytes, key: bytes | 
     return record
 
 
-def _approval(scene_id: int) -> bytes:
-    return envelope_for(SceneApproved(scene_id=scene_id), source="urn:test").to_json()
+def _approval(scene_id: int, approved_by: str | None = None) -> bytes:
+    return envelope_for(SceneApproved(scene_id=scene_id, approved_by=approved_by), source="urn:test").to_json()
 
 
 @pytest.fixture
@@ -35,36 +36,74 @@ def lambda_env(monkeypatch, database_url, tmp_path):
     monkeypatch.delenv("TIERFLOW_KAFKA_BOOTSTRAP", raising=False)
 
 
-@pytest.mark.parametrize("event_source", ["SelfManagedKafka", "aws:kafka"])
-def test_partial_batch_failure_names_exactly_the_failing_records(lambda_env, conn, event_source):
-    good = [make_scene(conn), make_scene(conn)]
-    payload = {
-        "eventSource": event_source,
-        "bootstrapServers": "b-1.example:9092",
-        "records": {
-            "scene.approved-0": [
-                _record("scene.approved", 0, 10, _approval(good[0]), str(good[0]).encode()),
-                _record("scene.approved", 0, 11, b"{not json"),
-            ],
-            "scene.approved-3": [
-                _record("scene.approved", 3, 40, _approval(424242), b"424242"),
-                _record("scene.approved", 3, 41, _approval(good[1]), str(good[1]).encode()),
-            ],
-        },
-    }
-    # A fresh handler so each parametrised run builds its own deps from the environment.
-    handler = lambda_entry.lambda_entrypoint(on_scene_approved.FUNCTION)
-    response = handler(payload, None)
-    assert response == {"batchItemFailures": [
-        {"itemIdentifier": "scene.approved-0-11"}, {"itemIdentifier": "scene.approved-3-40"}]}
-    statuses = [r["status"] for r in conn.execute("SELECT status FROM scenes WHERE id = ANY(%s)", [good])]
-    assert statuses == ["approved", "approved"]
+class _Context:
+    """What Lambda passes as `context`, as far as the entrypoint reads it."""
 
-    # Lambda retries the failed records: applied ones are not in the retry, and a redelivery
-    # of an applied record changes nothing.
-    again = handler({**payload, "records": {"scene.approved-0": [payload["records"]["scene.approved-0"][0]]}}, None)
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+def _flaky_approvals(failing: set[str]) -> Function:
+    """on_scene_approved, failing transiently for approvals by anyone in `failing`."""
+    def handle(event, uow, ports):
+        if event.approved_by in failing:
+            raise ConnectionResetError("S3 said 503 Slow Down")
+        on_scene_approved.handle(event, uow, ports)
+
+    return Function("flaky_approvals", on_scene_approved.FUNCTION.consumes, handle)
+
+
+def test_dead_letters_go_to_the_dlq_and_transient_failures_come_back_in_the_documented_shape(
+        lambda_env, monkeypatch, conn, kafka_deps, kafka_bootstrap):
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+
+    from shared.runtime import dead_letters
+    from shared.runtime.kafka_bus import ensure_topics
+
+    monkeypatch.setenv("TIERFLOW_KAFKA_BOOTSTRAP", kafka_bootstrap)
+    ensure_topics(kafka_bootstrap, 4)
+    good, flaky, after = make_scene(conn), make_scene(conn), make_scene(conn)
+    records = {
+        "scene.approved-0": [
+            _record("scene.approved", 0, 10, _approval(good), str(good).encode()),
+            _record("scene.approved", 0, 11, b"{not json"),
+            _record("scene.approved", 0, 12, _approval(flaky, "flaky"), str(flaky).encode()),
+            _record("scene.approved", 0, 13, _approval(after), str(after).encode()),  # behind the deferred one
+        ],
+        "scene.approved-3": [_record("scene.approved", 3, 40, _approval(424242), b"424242")],
+    }
+    failing = {"flaky"}
+    handler = lambda_entry.lambda_entrypoint(_flaky_approvals(failing))
+    for source in ("SelfManagedKafka", "aws:kafka"):  # MSK and self-managed Kafka send the same records
+        response = handler({"eventSource": source, "records": records}, _Context())
+        # The shape aws-lambda-powertools' Kafka batch processor returns for the same failures.
+        expected = process_partial_response(
+            event={"eventSource": source, "records": records}, processor=BatchProcessor(event_type=EventType.Kafka),
+            record_handler=lambda record: record.offset not in (12, 13) or 1 / 0, context=None)
+        assert response == expected == {"batchItemFailures": [
+            {"itemIdentifier": {"partition": "scene.approved-0", "offset": 12}},
+            {"itemIdentifier": {"partition": "scene.approved-0", "offset": 13}}]}
+    statuses = {r["id"]: r["status"] for r in conn.execute(
+        "SELECT id, status FROM scenes WHERE id = ANY(%s)", [[good, flaky, after]])}
+    assert statuses == {good: "approved", flaky: "generated", after: "generated"}
+    [failure] = conn.execute("SELECT consumer, ref, tries, last_error FROM event_failures").fetchall()
+    assert failure == {"consumer": "flaky_approvals", "ref": "scene.approved-0-12", "tries": 2,
+                       "last_error": "ConnectionResetError: S3 said 503 Slow Down"}
+    # The poison record and the refused one, once each per invocation, on the topic `events dlq` reads.
+    letters = dead_letters.on_kafka(kafka_deps, replay=False)
+    assert sorted((d["origin"], d["reason"][:30]) for d in letters) == [
+        ("scene.approved-0-11", "not JSON: Expecting property n"), ("scene.approved-0-11", "not JSON: Expecting property n"),
+        ("scene.approved-3-40", "refused: scene 424242 does not"), ("scene.approved-3-40", "refused: scene 424242 does not")]
+
+    # Lambda retries from the first failure; the storage is back. The entrypoint waits for the
+    # retry time, then applies both, in order, and forgets the failure.
+    failing.clear()
+    again = handler({"eventSource": "SelfManagedKafka", "records": {"scene.approved-0": records["scene.approved-0"][2:]}},
+                    _Context())
     assert again == {"batchItemFailures": []}
-    assert conn.execute("SELECT count(*) AS n FROM processed_events").fetchone()["n"] == 2
+    assert {r["status"] for r in conn.execute("SELECT status FROM scenes WHERE id = ANY(%s)", [[flaky, after]])} == {
+        "approved"}
+    assert conn.execute("SELECT count(*) AS n FROM event_failures").fetchone()["n"] == 0
 
 
 def test_the_handler_the_template_names_is_wired_to_the_function(lambda_env, conn):

@@ -149,9 +149,48 @@ def test_a_retryable_failure_queues_the_next_attempt_and_keeps_the_failed_one(de
     assert state["jobs"] == [(0, 1, "pending", "failed"), (0, 2, "pending", "queued")]
     assert state["errors"] == ["worker lost", None] and state["scene"] == "pending"
     assert request["data"]["recipe"] == only.recipe.model_dump(mode="json")
-    # The failed attempt's late success changes nothing: only the newer attempt counts now.
-    assert _report(deps, _completed(only)) == []
-    assert _state(conn, scene_id)["jobs"][0] == (0, 1, "pending", "failed")
+
+
+@pytest.mark.parametrize("order", ["failure first", "success first"])
+def test_a_success_wins_over_a_failure_report_of_the_same_attempt_in_either_order(deps, conn, order):
+    """The reports of one attempt travel on two topics: whichever arrives first, the attempt ends
+    succeeded, the segment and scene generated, and no other attempt of the segment is left to run."""
+    scene_id, [only] = _scene(conn, segments=1)
+    reports_in_order = [_failed(only, "worker lost"), _completed(only)]
+    if order == "success first":
+        reports_in_order.reverse()
+    for report in reports_in_order:
+        _report(deps, report, max_attempts=3)
+    state = _state(conn, scene_id)
+    assert state["scene"] == "generated"
+    if order == "failure first":  # the failure had queued attempt 2: superseded, never run
+        assert state["jobs"] == [(0, 1, "generated", "succeeded"), (0, 2, "generated", "failed")]
+        assert state["errors"] == [None, f"superseded: job {only.job_id} of this segment succeeded after its "
+                                         "failure report"]
+        assert _claim(conn, only.model_copy(update={"job_id": only.job_id + 1})) is None
+    else:
+        assert state["jobs"] == [(0, 1, "generated", "succeeded")] and state["errors"] == [None]
+
+
+def test_a_late_success_of_an_attempt_whose_retry_succeeded_changes_nothing(deps, conn):
+    scene_id, [only] = _scene(conn, segments=1)
+    [second] = _report(deps, _failed(only, "worker lost"), retry_backoff_seconds=0)
+    retry = type(only).model_validate(second["data"])
+    assert _claim(conn, retry) == retry.job_id
+    _report(deps, _completed(retry))
+    done = _state(conn, scene_id)
+    assert _report(deps, _completed(only)) == []  # one success per segment
+    assert _state(conn, scene_id) == done and done["jobs"] == [(0, 1, "generated", "failed"),
+                                                                (0, 2, "generated", "succeeded")]
+
+
+def test_a_late_success_revives_a_scene_its_failure_report_had_failed(deps, conn):
+    scene_id, [only] = _scene(conn, segments=1)
+    _report(deps, _failed(only, "worker lost"), max_attempts=1)
+    assert _state(conn, scene_id)["scene"] == "failed"
+    _report(deps, _completed(only), max_attempts=1)
+    assert _state(conn, scene_id) == {"scene": "generated", "jobs": [(0, 1, "generated", "succeeded")],
+                                      "progress": [1.0], "errors": [None]}
 
 
 def test_attempts_run_out_then_segment_and_scene_fail_with_the_reason(deps, conn):

@@ -186,3 +186,43 @@ def test_sigterm_ends_live_streams_starts_no_job_and_exits_within_the_grace_peri
     # The job in hand could not finish in 3 s: given back, the same attempt. The other was never started.
     assert (jobs[rendering]["status"], jobs[rendering]["worker_id"], jobs[rendering]["attempt"]) == ("queued", None, 1)
     assert (jobs[waiting]["status"], jobs[waiting]["claimed_at"]) == ("queued", None)
+
+
+@pytest.mark.parametrize("command", [["consume"], ["relay"], ["worker", "serve"]])
+def test_long_running_commands_answer_probes_on_their_health_port(command, database_url, postgres_server, tmp_path,
+                                                                  tiny_model):
+    """consume, relay and worker serve: /healthz while up, /readyz 503 with the reasons while the
+    database is out of reach and 200 once it is back; SIGTERM still ends them cleanly."""
+    import psycopg
+
+    from infra import embedded
+    from tests.conftest import database_outage
+
+    [port] = free_ports()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TIERFLOW_")},
+           "TIERFLOW_HOME": str(tmp_path / "home"), "TIERFLOW_DATABASE_URL": database_url,
+           "TIERFLOW_MODEL": tiny_model}
+    log_path = tmp_path / "process.log"
+    process = subprocess.Popen([sys.executable, "-m", "functions.cli", *command, "--health-port", str(port)],
+                               env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    try:
+        _until_serving(process, port, log_path)
+        assert _until_ready_is(port, 200)[1] == {"ready": True, "reasons": []}
+        database = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+        with database_outage(postgres_server, database):
+            _, body = _until_ready_is(port, 503)
+            assert "database: unreachable (ServiceUnavailable)" in body["reasons"], body
+        _until_ready_is(port, 200, timeout=60)
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+        embedded.stop(tmp_path / "home")
+    assert process.returncode == 0, log_path.read_text()
+
+
+def test_a_bad_health_port_is_a_usage_error(run_cli):
+    for command in (["consume"], ["relay"], ["worker", "serve"]):
+        refused = run_cli(*command, "--health-port", "70000")
+        assert refused.returncode == 2, refused.stderr
+        assert "--health-port takes PORT or HOST:PORT with a port from 1 to 65535, not '70000'" in refused.stderr

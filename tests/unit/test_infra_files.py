@@ -107,6 +107,41 @@ def test_workers_on_batch_and_kubernetes_run_the_warm_worker_scaled_on_the_same_
     assert container["args"][:2] == ["worker", "serve"]
     grace = float(container["args"][container["args"].index("--grace") + 1])
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace
+    health = container["args"][container["args"].index("--health-port") + 1]
+    assert health.endswith(":8081") and container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     [trigger] = scaler["spec"]["triggers"]
     assert trigger["type"] == "postgresql" and trigger["metadata"]["query"] == JOBS_NEEDING_A_WORKER
     assert trigger["metadata"]["connectionFromEnv"] in {e["name"] for e in container["env"]}
+
+
+def _environment(resource: dict) -> set[str]:
+    """The environment variable names (plain and secret) a resource's code gets."""
+    properties = resource.get("Properties", {})
+    if resource["Type"] == "AWS::Lambda::Function":
+        return set(properties.get("Environment", {}).get("Variables", {}))
+    containers = {"AWS::Batch::JobDefinition": lambda: [properties["ContainerProperties"]],
+                  "AWS::ECS::TaskDefinition": lambda: properties["ContainerDefinitions"]}.get(resource["Type"], list)()
+    return {e["Name"] for c in containers for e in c.get("Environment", []) + c.get("Secrets", [])}
+
+
+def test_whatever_writes_the_outbox_has_a_relay_service_publishing_it():
+    from functions.cli.main import build_parser
+
+    resources = _template()["Resources"]
+    # Whatever reaches the database writes events to the outbox, in the transaction of its change.
+    writers = sorted(name for name, r in resources.items() if "TIERFLOW_DATABASE_URL" in _environment(r))
+    assert {"OnSceneApprovedFunction", "ApiFunction", "WorkerJobDefinition"} <= set(writers)
+    publishers = []
+    for name, service in resources.items():
+        if service["Type"] != "AWS::ECS::Service" or service["Properties"].get("DesiredCount", 0) < 1:
+            continue
+        task = resources[service["Properties"]["TaskDefinition"]]
+        for container in task["Properties"]["ContainerDefinitions"]:
+            argv = container["Command"]
+            if container.get("EntryPoint") == ["python3", "-m", "functions.cli"] and argv[0] == "relay":
+                args = build_parser().parse_args(argv)  # a command the CLI takes
+                assert not args.once, "a relay that exits when the outbox is empty publishes nothing after"
+                assert {"TIERFLOW_DATABASE_URL", "TIERFLOW_KAFKA_BOOTSTRAP"} <= _environment(task)
+                assert args.health_port and "/readyz" in " ".join(container["HealthCheck"]["Command"])
+                publishers.append(name)
+    assert publishers, f"{', '.join(writers)} write events to the outbox and no service runs `tierflow relay`"
