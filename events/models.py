@@ -291,6 +291,7 @@ class RejectionReason(_Frozen):
         "SCENE_NOT_GENERATED",
         "FILE_MISSING",
         "FILE_MISMATCH",
+        "FILE_CHANGED",
     ]
     scene_id: Id
     tier: TierName | None = Field(description="The scene's tier; null when the scene was not found.")

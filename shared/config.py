@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     draft_retention_days: int = Field(
         default=30, ge=1, le=3650, description="Days after which Draft media expire (bucket lifecycle rule)."
     )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, le=1024**3,
+        description="HTTP request bodies over this many bytes get 413 before they are read.",
+    )
     api_keys: SecretStr | None = Field(
         default=None,
         description='HTTP API keys as JSON: [{"name": "ci", "role": "admin|artist|viewer", "key": "..."}]; '
@@ -165,6 +169,7 @@ class Settings(BaseSettings):
             "report_retry_seconds": str(self.report_retry_seconds),
             "similarity_threshold": str(self.similarity_threshold),
             "draft_retention_days": str(self.draft_retention_days),
+            "max_body_bytes": str(self.max_body_bytes),
             "api_keys": "****" if self.api_keys else f"(keys file {self.api_keys_file})",
             "batch_endpoint_url": self.batch_endpoint_url or "(AWS default)",
             "batch_job_queue": self.batch_job_queue,
@@ -174,7 +179,16 @@ class Settings(BaseSettings):
 
 
 def mask_url(url: str) -> str:
-    """Hide the passwords of a URL: postgresql://app:****@db:5432/tierflow?password=****."""
+    """Hide the passwords of a database URL in either form libpq takes: a URL
+    (postgresql://app:****@db:5432/tierflow?password=****) or keywords (host=db password=****)."""
+    if "://" not in url:
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        try:
+            params = conninfo_to_dict(url)
+        except Exception:  # noqa: BLE001 - unparseable: show nothing of it rather than a secret
+            return "**** (not a database URL libpq can read)"
+        return make_conninfo(**{k: "****" if k == "password" else v for k, v in params.items()})
     parts = urlsplit(url)
     netloc = parts.netloc
     if parts.password:

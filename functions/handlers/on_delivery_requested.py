@@ -1,7 +1,8 @@
 """delivery.requested: deliver Production only, verified, or refuse with every reason.
 
 The rule is `shared.domain.delivery.delivery_problems`; on success the files are copied under
-`deliveries/<id>/` with a manifest, on refusal nothing is copied. The delivery row moves from
+`deliveries/<id>/` with a manifest, exactly as they were checked (`deliver_checked`), on refusal
+nothing is copied. The delivery row moves from
 `requested` exactly once, so the same event twice gives one outcome.
 """
 
@@ -20,11 +21,13 @@ def handle(event: DeliveryRequested, uow: UnitOfWork, ports: Ports) -> None:
     if requested is None:
         return  # decided before
     s3, bucket = ports.storage.s3, ports.storage.bucket
-    reasons = delivery.delivery_problems(uow.conn, s3, bucket, requested["project"], event.scene_ids, probe_video)
+    checked: dict[str, str] = {}
+    reasons = delivery.delivery_problems(uow.conn, s3, bucket, requested["project"], event.scene_ids, probe_video,
+                                         checked)
     if reasons:
         uow.emit(delivery.reject_delivery(uow.conn, requested, reasons))
     else:
-        uow.emit(delivery.complete_delivery(uow.conn, s3, bucket, requested, event.scene_ids))
+        uow.emit(delivery.deliver_checked(uow.conn, s3, bucket, requested, event.scene_ids, checked))
 
 
 FUNCTION = Function("on_delivery_requested", (DeliveryRequested.type,), handle)

@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from functions.http import deliveries, health, scenes, session, tiers, workers
+from functions.http.body_limit import BodyLimit
 from functions.http.problems import ERRORS, install_problem_handlers
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -23,12 +24,13 @@ def create_app(deps) -> FastAPI:
     """The API and UI over `deps` (its database, S3 and settings)."""
     app = FastAPI(
         title="Tierflow", version="1", description=__doc__,
-        responses={k: v for k, v in ERRORS.items() if k in (401, 403, 422, 503)},
+        responses={k: v for k, v in ERRORS.items() if k in (401, 403, 413, 422, 503)},
     )
     app.state.deps = deps  # what the routes' dependencies read (functions.http.dependencies.get_deps)
     app.state.stopping = threading.Event()  # set when the server shuts down: live streams end
     app.state.loops = []  # the Supervised loops this server runs, for /readyz
     install_problem_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=deps.settings.max_body_bytes)
     # In this order, so the OpenAPI document lists the paths as it always has.
     for module in (session, tiers, scenes, deliveries, workers, health):
         app.include_router(module.router)

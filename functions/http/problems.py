@@ -33,7 +33,8 @@ PROBLEM_SCHEMA = {"application/problem+json": {"schema": {
                    "detail": {"type": "string"}, "errors": {"type": "array"}}}}}
 ERRORS = {status: {"description": text, "content": PROBLEM_SCHEMA} for status, text in [
     (401, "no valid API key"), (403, "the key's role may not do this"), (404, "not found"),
-    (409, "refused by a rule"), (422, "invalid input"), (503, "a service is unavailable")]}
+    (409, "refused by a rule"), (413, "the request body is over TIERFLOW_MAX_BODY_BYTES"), (422, "invalid input"),
+    (503, "a service is unavailable")]}
 
 
 def install_problem_handlers(app: FastAPI) -> None:

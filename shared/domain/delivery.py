@@ -28,22 +28,24 @@ def _reason(code: str, scene_id: int, tier: str | None, message: str) -> Rejecti
 
 
 def _deliverable_tier(conn: psycopg.Connection) -> str:
-    # The highest deliverable tier, for the advice in a refusal.
+    # The lowest deliverable tier (the cheapest that ships), for the advice in a refusal.
     names = [r["name"] for r in conn.execute(
-        "SELECT name FROM resolution_tiers WHERE is_deliverable ORDER BY sort_order DESC")]
+        "SELECT name FROM resolution_tiers t WHERE deliverable_tier(t) ORDER BY sort_order")]
     return names[0] if names else "a deliverable tier"
 
 
 def delivery_problems(conn: psycopg.Connection, s3, bucket: str, project: str, scene_ids: list[int],
-                      probe_video: Probe) -> list[RejectionReason]:
+                      probe_video: Probe, checked: dict[str, str] | None = None) -> list[RejectionReason]:
     """Every reason the scenes cannot be delivered for `project` (empty: they can). Reads S3:
     each segment's file must exist, match the sha256 in its metadata, and decode (`probe_video`)
-    to the scene's width, height and frame count."""
+    to the scene's width, height and frame count. `checked` receives the ETag of each file as it
+    was checked, by key: what `deliver_checked` copies."""
     target = _deliverable_tier(conn)
     reasons = []
     for scene_id in scene_ids:
         scene = conn.execute(
-            """SELECT s.id, s.status, s.width, s.height, p.name AS project, t.name AS tier, t.is_deliverable
+            """SELECT s.id, s.status, s.width, s.height, p.name AS project, t.name AS tier,
+                      deliverable_tier(t) AS is_deliverable
                FROM scenes s JOIN projects p ON p.id = s.project_id JOIN resolution_tiers t ON t.id = s.resolution_tier_id
                WHERE s.id = %s""",
             [scene_id],
@@ -69,7 +71,7 @@ def delivery_problems(conn: psycopg.Connection, s3, bucket: str, project: str, s
                 f"Scene {scene_id} is {scene['status']}; wait until it is generated (tierflow scenes show "
                 f"{scene_id} --wait) or retry its failed segments (tierflow scenes retry {scene_id})."))
             continue
-        reasons.extend(_file_problems(conn, s3, bucket, scene, tier, probe_video))
+        reasons.extend(_file_problems(conn, s3, bucket, scene, tier, probe_video, {} if checked is None else checked))
     return reasons
 
 
@@ -82,7 +84,8 @@ def _segments(conn: psycopg.Connection, scene_id: int) -> list[dict]:
     ).fetchall()
 
 
-def _file_problems(conn, s3, bucket: str, scene: dict, tier: str, probe_video) -> list[RejectionReason]:
+def _file_problems(conn, s3, bucket: str, scene: dict, tier: str, probe_video,
+                   checked: dict[str, str]) -> list[RejectionReason]:
     reasons = []
     for segment in _segments(conn, scene["id"]):
         where = f"Scene {scene['id']} segment {segment['position']}"
@@ -90,7 +93,8 @@ def _file_problems(conn, s3, bucket: str, scene: dict, tier: str, probe_video) -
             reasons.append(_reason("FILE_MISSING", scene["id"], tier, f"{where} has no generated file."))
             continue
         try:
-            video = s3.get_object(Bucket=bucket, Key=segment["video_key"])["Body"].read()
+            got = s3.get_object(Bucket=bucket, Key=segment["video_key"])
+            video = got["Body"].read()
             metadata = json.loads(s3.get_object(Bucket=bucket, Key=segment["metadata_key"])["Body"].read())
         except s3.exceptions.NoSuchKey:
             reasons.append(_reason("FILE_MISSING", scene["id"], tier,
@@ -113,6 +117,8 @@ def _file_problems(conn, s3, bucket: str, scene: dict, tier: str, probe_video) -
                 "FILE_MISMATCH", scene["id"], tier,
                 f"{where}: the file is {width}×{height} with {frames} frames, not {expected[0]}×{expected[1]} "
                 f"with {expected[2]}."))
+            continue
+        checked[segment["video_key"]] = got["ETag"]
     return reasons
 
 
@@ -154,29 +160,62 @@ def lock_requested(conn: psycopg.Connection, delivery_id: int) -> dict | None:
     return row if row["status"] == "requested" else None
 
 
-def complete_delivery(conn: psycopg.Connection, s3, bucket: str, delivery: dict,
-                      scene_ids: list[int]) -> DeliveryCompleted:
-    """Copy the files under deliveries/<id>/, write the manifest, mark the delivery completed;
-    returns the event that says so."""
+def deliver_checked(conn: psycopg.Connection, s3, bucket: str, delivery: dict, scene_ids: list[int],
+                    checked: dict[str, str]) -> DeliveryCompleted | DeliveryRejected:
+    """Copy the files `delivery_problems` checked under deliveries/<id>/, write the manifest and
+    mark the delivery completed; returns the event that says so.
+
+    What is checked is what is delivered: each copy is made only if its source still has the ETag
+    it had when checked (CopySourceIfMatch), and the copy itself is read back and hashed; the
+    manifest records that hash. A file changed in between rejects the delivery (FILE_CHANGED), and
+    no manifest is written."""
     prefix = f"deliveries/{delivery['id']}/"
     manifest = {"delivery_id": delivery["id"], "project": delivery["project"], "scenes": []}
+    changed: list[RejectionReason] = []
+    copied: list[str] = []
     for scene_id in scene_ids:
-        scene = conn.execute("SELECT width, height, recipe_hash FROM scenes WHERE id = %s", [scene_id]).fetchone()
+        scene = conn.execute(
+            "SELECT s.width, s.height, s.recipe_hash, t.name AS tier FROM scenes s "
+            "JOIN resolution_tiers t ON t.id = s.resolution_tier_id WHERE s.id = %s", [scene_id]).fetchone()
         entry = {"scene_id": scene_id, "width": scene["width"], "height": scene["height"],
                  "recipe_hash": scene["recipe_hash"], "lineage": ancestry(conn, scene_id), "segments": []}
         for segment in _segments(conn, scene_id):
             key = f"{prefix}scene-{scene_id}/segment-{segment['position']}.mp4"
-            s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": segment["video_key"]})
+            sha256 = _copy_unchanged(s3, bucket, segment["video_key"], checked[segment["video_key"]], key)
+            copied += [key] if sha256 else []
+            if sha256 != segment["sha256"]:
+                changed.append(_reason("FILE_CHANGED", scene_id, scene["tier"],
+                                       f"Scene {scene_id} segment {segment['position']}: s3://{bucket}/"
+                                       f"{segment['video_key']} changed after it was checked; nothing was delivered."))
+                continue
             entry["segments"].append({"position": segment["position"], "key": key, "source_key": segment["video_key"],
-                                      "sha256": segment["sha256"], "frames": segment["frames"]})
-        conn.execute("INSERT INTO delivery_scenes (delivery_id, scene_id) VALUES (%s, %s)", [delivery["id"], scene_id])
+                                      "sha256": sha256, "frames": segment["frames"]})
         manifest["scenes"].append(entry)
+    if changed:
+        for key in copied:  # nothing of a refused delivery stays under deliveries/
+            s3.delete_object(Bucket=bucket, Key=key)
+        return reject_delivery(conn, delivery, changed)
+    for scene_id in scene_ids:
+        conn.execute("INSERT INTO delivery_scenes (delivery_id, scene_id) VALUES (%s, %s)", [delivery["id"], scene_id])
     manifest_key = prefix + "manifest.json"
     s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest, indent=2).encode(),
                   ContentType="application/json")
     lifecycle.complete_delivery(conn, delivery["id"], manifest_key)
     return DeliveryCompleted(delivery_id=delivery["id"], project=delivery["project"], scene_ids=scene_ids,
                              manifest_key=manifest_key)
+
+
+def _copy_unchanged(s3, bucket: str, source_key: str, etag: str, key: str) -> str | None:
+    """Copy `source_key` to `key` if it still has `etag`; returns the sha256 of the copy as read
+    back (None: the source had changed, and nothing was copied)."""
+    try:
+        s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": source_key},
+                       CopySourceIfMatch=etag)
+    except s3.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+            return None
+        raise
+    return hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest()
 
 
 def reject_delivery(conn: psycopg.Connection, delivery: dict, reasons: list[RejectionReason]) -> DeliveryRejected:

@@ -197,6 +197,19 @@ def default_tier(conn: psycopg.Connection) -> Tier:
 # Writes
 
 
+def _check_deliverable_ranks(conn: psycopg.Connection) -> None:
+    """Deliverable means Production or above (the database's `deliverable_tier`): after a write,
+    in its transaction, no tier may be deliverable below `production` (nor `draft`, `preview`)."""
+    offending = conn.execute(
+        "SELECT t.name FROM resolution_tiers t WHERE t.is_deliverable AND NOT deliverable_tier(t) ORDER BY t.sort_order"
+    ).fetchall()
+    if offending:
+        production = conn.execute("SELECT sort_order FROM resolution_tiers WHERE name = 'production'").fetchone()
+        names = ", ".join(repr(r["name"]) for r in offending)
+        raise Conflict(f"tier {names} cannot be deliverable: only production and tiers ranked at or above it "
+                       f"(sort_order {production['sort_order']} or more) are delivered; draft and preview never")
+
+
 def _translate_database_error(exc: psycopg.Error, name: str) -> Exception:
     """Turn a constraint the database enforced into the same error the checks above give."""
     constraint = getattr(exc.diag, "constraint_name", None) or ""
@@ -267,6 +280,7 @@ def create_tier(
                 [name, width, height, float(speed_factor), sort_order, is_default, is_deliverable,
                  Jsonb(quality_settings) if quality_settings is not None else None],
             ).fetchone()
+            _check_deliverable_ranks(conn)
     except psycopg.Error as exc:
         raise _translate_database_error(exc, name) from exc
     return _tier(row)
@@ -336,6 +350,7 @@ def update_tier(
                     f"UPDATE resolution_tiers SET {assignments} WHERE id = %s", [*changes.values(), tier.id]
                 )
             updated = conn.execute(f"SELECT {TIER_COLUMNS} FROM resolution_tiers WHERE id = %s", [tier.id]).fetchone()
+            _check_deliverable_ranks(conn)
     except psycopg.Error as exc:
         raise _translate_database_error(exc, new_name or name) from exc
     return _tier(updated)

@@ -263,3 +263,40 @@ def test_a_delivery_whose_request_was_lost_is_requested_again_then_left_to_an_op
     requests = conn.execute("SELECT count(*) AS n FROM outbox WHERE topic = 'delivery.requested' AND message_key = %s",
                             [str(stuck)]).fetchone()["n"]
     assert requests == 1 + delivery.REDRIVES
+
+
+def test_a_file_swapped_between_check_and_copy_is_rejected_and_nothing_is_delivered(gen_deps, chain, conn):
+    production = chain["production"]
+    [first] = [r for r in conn.execute(
+        f"SELECT j.video_key FROM segments g {scenes.latest_attempt(succeeded=True)} "
+        "WHERE g.scene_id = %s AND g.position = 0", [production])]
+    source = first["video_key"]
+    original = gen_deps.s3.get_object(Bucket=gen_deps.bucket, Key=source)["Body"].read()
+
+    def swap(params, **_):
+        # Someone with PutObject on media/* replaces the file once it has been checked.
+        if params.get("CopySource", {}).get("Key") == source:
+            gen_deps.s3.put_object(Bucket=gen_deps.bucket, Key=source, Body=original[:-16] + b"\0" * 16)
+
+    gen_deps.s3.meta.events.register("provide-client-params.s3.CopyObject", swap)
+    try:
+        result = _deliver(gen_deps, [production])
+    finally:
+        gen_deps.s3.meta.events.unregister("provide-client-params.s3.CopyObject", swap)
+        gen_deps.s3.put_object(Bucket=gen_deps.bucket, Key=source, Body=original)
+    assert result["status"] == "rejected" and result["manifest_key"] is None
+    [reason] = result["reasons"]
+    assert reason["code"] == "FILE_CHANGED" and reason["scene_id"] == production
+    assert reason["message"] == (f"Scene {production} segment 0: s3://{gen_deps.bucket}/{source} changed after it was "
+                                 "checked; nothing was delivered.")
+    assert _delivered_objects(gen_deps, result["delivery_id"]) == []  # no copy, no manifest
+    assert conn.execute("SELECT count(*) AS n FROM delivery_scenes WHERE delivery_id = %s",
+                        [result["delivery_id"]]).fetchone()["n"] == 0
+
+
+def test_the_manifest_records_the_hash_of_each_delivered_copy(gen_deps, chain, conn):
+    result = _deliver(gen_deps, [chain["production"]])
+    manifest = json.loads(gen_deps.s3.get_object(Bucket=gen_deps.bucket, Key=result["manifest_key"])["Body"].read())
+    for segment in manifest["scenes"][0]["segments"]:
+        delivered = gen_deps.s3.get_object(Bucket=gen_deps.bucket, Key=segment["key"])["Body"].read()
+        assert segment["sha256"] == hashlib.sha256(delivered).hexdigest()

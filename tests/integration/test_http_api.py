@@ -99,6 +99,31 @@ def test_the_browser_session_keeps_the_key_in_an_http_only_cookie(client):
 # -- tiers ----------------------------------------------------------------------------------------
 
 
+def test_bodies_over_the_limit_get_413_before_they_are_read_with_or_without_a_key(client, conn):
+    big = b"{" + b" " * (5 * 1024 * 1024) + b"}"
+    for headers in (as_("artist"), {}):
+        refused = client.post("/api/jobs", headers={**headers, "Content-Type": "application/json"}, content=big)
+        body = _problem(refused, 413)
+        assert body["detail"] == "request bodies are limited to 1048576 bytes (TIERFLOW_MAX_BODY_BYTES)"
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(5):
+            yield b" " * (1024 * 1024)
+
+    assert _problem(client.post("/api/jobs", headers={**as_("artist"), "Content-Type": "application/json"},
+                                content=chunks()), 413)
+    assert _count(conn, "scenes") == 0
+    assert client.get("/api/resolution-tiers", headers=as_("viewer")).status_code == 200
+
+
+def test_a_deliverable_draft_is_refused(client, conn):
+    refused = _problem(client.patch("/api/resolution-tiers/draft", headers=as_("admin"),
+                                    json={"is_deliverable": True}), 409)
+    assert "tier 'draft' cannot be deliverable: only production and tiers ranked at or above it" in refused["detail"]
+    assert conn.execute("SELECT is_deliverable FROM resolution_tiers WHERE name = 'draft'").fetchone() == {
+        "is_deliverable": False}
+
+
 def test_admins_manage_tiers(client, conn):
     names = [t["name"] for t in client.get("/api/resolution-tiers", headers=as_("viewer")).json()]
     assert names == ["draft", "preview", "production"]

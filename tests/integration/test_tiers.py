@@ -189,3 +189,51 @@ def test_concurrent_default_changes_leave_exactly_one_default(database_url):
         list(pool.map(flip, ["draft", "preview", "production"]))  # re-raises any failure
     with db.connect(database_url) as check:
         assert len([t for t in tiers.list_tiers(check) if t.is_default]) == 1
+
+
+@pytest.mark.parametrize("name", ["draft", "preview"])
+def test_draft_and_preview_can_never_be_deliverable(conn, name):
+    before = _snapshot(conn)
+    with pytest.raises(Conflict) as refused:
+        tiers.update_tier(conn, name, is_deliverable=True)
+    assert str(refused.value) == (
+        f"tier '{name}' cannot be deliverable: only production and tiers ranked at or above it (sort_order 3 or "
+        "more) are delivered; draft and preview never")
+    # Not even ranked above production.
+    with pytest.raises(Conflict, match=f"tier '{name}' cannot be deliverable"):
+        tiers.update_tier(conn, name, sort_order=9, is_deliverable=True)
+    assert _snapshot(conn) == before
+
+
+def test_a_custom_tier_is_deliverable_only_at_or_above_production(conn):
+    with pytest.raises(Conflict, match="tier 'mid' cannot be deliverable: only production and tiers ranked at or"):
+        tiers.create_tier(conn, "mid", 1280, 720, sort_order=2, is_deliverable=True)
+    assert [t.name for t in tiers.list_tiers(conn)] == ["draft", "preview", "production"]
+    uhd = tiers.create_tier(conn, "uhd", 3840, 2160, is_deliverable=True)  # placed above every tier
+    assert uhd.is_deliverable and uhd.sort_order == 4
+    assert tiers.create_tier(conn, "same-rank", 2560, 1440, sort_order=3, is_deliverable=True).is_deliverable
+    # Re-ordering counts too: moving uhd below production, or production above uhd, is refused.
+    with pytest.raises(Conflict, match="tier 'uhd' cannot be deliverable"):
+        tiers.update_tier(conn, "uhd", sort_order=1)
+    with pytest.raises(Conflict, match="tier 'same-rank', 'uhd' cannot be deliverable"):
+        tiers.update_tier(conn, "production", sort_order=10)
+    assert tiers.get_tier(conn, "uhd").sort_order == 4 and tiers.get_tier(conn, "production").sort_order == 3
+    # Not deliverable, a tier may rank anywhere.
+    assert tiers.update_tier(conn, "uhd", is_deliverable=False, sort_order=1).sort_order == 1
+
+
+def test_the_database_refuses_a_deliverable_tier_below_production_whatever_writes_it(conn):
+    import psycopg
+
+    with pytest.raises(psycopg.errors.CheckViolation, match="tier.s. draft cannot be deliverable"):
+        with conn.transaction():
+            conn.execute("UPDATE resolution_tiers SET is_deliverable = true WHERE name = 'draft'")
+    assert not tiers.get_tier(conn, "draft").is_deliverable
+
+
+def test_the_cli_refuses_a_deliverable_draft_with_one_line(run_cli, database_url):
+    refused = run_cli("tiers", "update", "draft", "--deliverable", env={"TIERFLOW_DATABASE_URL": database_url})
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        "tierflow: tier 'draft' cannot be deliverable: only production and tiers ranked at or above it (sort_order 3 "
+        "or more) are delivered; draft and preview never"]

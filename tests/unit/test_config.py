@@ -40,6 +40,9 @@ def test_environment_switches_to_real_servers(monkeypatch):
         ("postgresql://app@db/x", "postgresql://app@db/x"),
         ("postgresql://db/x?sslmode=require&password=pw", "postgresql://db/x?sslmode=require&password=****"),
         ("postgresql://postgres:@/tierflow?host=/tmp/pg", "postgresql://postgres:@/tierflow?host=/tmp/pg"),
+        ("host=db user=u password=s3cret dbname=x", "user=u password=**** dbname=x host=db"),
+        ("host=db password='two words' port=5432", "password=**** host=db port=5432"),
+        ("host=db password='unterminated", "**** (not a database URL libpq can read)"),
     ],
 )
 def test_mask_url(url, masked):
@@ -53,3 +56,12 @@ def test_a_bad_value_is_one_clear_error(monkeypatch):
     message = str(caught.value)
     assert message.startswith("invalid configuration: TIERFLOW_S3_BUCKET: String should match pattern")
     assert "\n" not in message
+
+
+def test_config_show_never_prints_a_keyword_form_password(monkeypatch, capsys):
+    from functions.cli.main import main
+
+    monkeypatch.setenv("TIERFLOW_DATABASE_URL", "host=db user=u password=s3cret dbname=x")
+    assert main(["config", "show"]) == 0
+    shown = capsys.readouterr().out
+    assert "s3cret" not in shown and "password=****" in shown
