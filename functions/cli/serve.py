@@ -31,7 +31,7 @@ def cmd_serve(deps, args) -> int:
             if settings.dispatcher == "local" and "dispatcher" in deps.__dict__:
                 deps.dispatcher.stop()
 
-    keys_file = access.ensure_local_admin_key(settings)
+    keys_file, new_key = access.ensure_local_admin_key(settings)
     access.load_keys(settings)  # a broken keys setting is refused now, not at the first request
     deps.connect().close()  # the database is reachable (and the embedded one migrated) before we listen
     # On the embedded bus this process also runs the handlers and the local workers, so a job
@@ -53,8 +53,11 @@ def cmd_serve(deps, args) -> int:
 
     url = f"http://{args.host}:{args.port}/"
     print(f"Tierflow at {url} (API under {url}api, OpenAPI at {url}openapi.json)", flush=True)
-    print(f"API keys: {keys_file} (the admin key is in it)" if keys_file else "API keys: from TIERFLOW_API_KEYS",
-          flush=True)
+    if new_key:
+        print(f"API keys: {keys_file} (hashes only); the admin key local-admin, shown only now: {new_key}", flush=True)
+    else:
+        print(f"API keys: {keys_file} (hashes only; `tierflow api-keys create` adds one)" if keys_file
+              else "API keys: from TIERFLOW_API_KEYS", flush=True)
     if settings.embedded_bus and not args.api_only:
         start_runtime_workers(deps)
         app.state.loops = [bus_loop, *start_upkeep(deps, stop)]
@@ -75,11 +78,11 @@ def cmd_serve(deps, args) -> int:
 
 
 def cmd_api_keys_create(deps, args) -> int:
-    key = access.add_key(deps.settings, args.name, args.role)
+    key, clear = access.add_key(deps.settings, args.name, args.role)
     if args.json:
-        print(json.dumps({"name": key.name, "role": key.role, "key": key.key}))
+        print(json.dumps({"name": key.name, "role": key.role, "key": clear}))
     else:
-        print(f"created {key.role} key {key.name!r} in {deps.settings.api_keys_file}:\n{key.key}")
+        print(f"created {key.role} key {key.name!r} in {deps.settings.api_keys_file} (shown only now):\n{clear}")
     return 0
 
 

@@ -48,7 +48,13 @@ cookie_key = APIKeyCookie(name=SESSION_COOKIE, auto_error=False)
 def role(needed: str):
     def caller(deps: Deps, header: Annotated[str | None, Depends(header_key)],
                cookie: Annotated[str | None, Depends(cookie_key)]) -> ApiKey:
-        key = access.authenticate(access.load_keys(deps.settings), header or cookie)
+        keys = access.load_keys(deps.settings)
+        key = None
+        if header:
+            key = access.authenticate(keys, header)
+        elif cookie:  # the web UI's session
+            with deps.connect() as conn:
+                key = access.session_key(conn, keys, cookie)
         if key is None:
             raise Problem(401, "Unauthorized", "give a valid API key in the X-API-Key header")
         if not key.may(needed):

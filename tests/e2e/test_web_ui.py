@@ -90,9 +90,9 @@ def server(tiny_model, tmp_path):
     try:
         url = f"http://127.0.0.1:{port}/"
         _wait_for_api(url, process, log)
-        admin = json.loads((home / "api-keys.json").read_text())["keys"][0]
-        assert admin["role"] == "admin"
-        yield Server(url, admin["key"], env, log)
+        from tests.integration.test_serve import admin_key
+
+        yield Server(url, admin_key(log.read_text(), home / "api-keys.json"), env, log)
     finally:
         process.send_signal(signal.SIGTERM)
         try:

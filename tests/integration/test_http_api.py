@@ -85,15 +85,25 @@ def test_every_role_reads(client, conn):
         assert client.get("/api/session", headers=as_(role)).json() == {"name": f"{role}-1", "role": role}
 
 
-def test_the_browser_session_keeps_the_key_in_an_http_only_cookie(client):
+def test_the_browser_session_is_a_random_id_in_an_http_only_cookie_revoked_on_sign_out(client, api_deps):
     _problem(client.post("/api/session", json={"api_key": "not-a-key"}), 401)
     response = client.post("/api/session", json={"api_key": KEYS["artist"]})
     assert response.json() == {"name": "artist-1", "role": "artist"}
     cookie = response.headers["set-cookie"]
-    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" not in cookie  # plain HTTP here
+    session = client.cookies["tierflow_api_key"]
+    assert KEYS["artist"] not in cookie and len(session) >= 40
     assert client.get("/api/session").json()["role"] == "artist"  # the cookie alone
+    # Behind an HTTPS proxy the cookie is Secure.
+    behind_tls = client.post("/api/session", json={"api_key": KEYS["viewer"]}, headers={"X-Forwarded-Proto": "https"})
+    assert "Secure" in behind_tls.headers["set-cookie"]
+    client.cookies.set("tierflow_api_key", session)
     assert client.delete("/api/session").status_code == 204
     _problem(client.get("/api/session"), 401)
+    # Signed out means revoked: the copied session id is no good any more.
+    _problem(client.get("/api/session", cookies={"tierflow_api_key": session}), 401)
+    # A key in the cookie is not a session.
+    _problem(client.get("/api/session", cookies={"tierflow_api_key": KEYS["artist"]}), 401)
 
 
 # -- tiers ----------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,10 +25,10 @@ def test_serve_prints_the_url_and_the_key_location_and_the_key_works(database_ur
     try:
         lines = [server.stdout.readline(), server.stdout.readline()]
         keys_file = tmp_path / "home" / "api-keys.json"
-        assert lines == [f"Tierflow at http://127.0.0.1:{port}/ (API under http://127.0.0.1:{port}/api, "
-                         f"OpenAPI at http://127.0.0.1:{port}/openapi.json)\n",
-                         f"API keys: {keys_file.resolve()} (the admin key is in it)\n"]
-        key = json.loads(keys_file.read_text())["keys"][0]["key"]
+        assert lines[0] == (f"Tierflow at http://127.0.0.1:{port}/ (API under http://127.0.0.1:{port}/api, "
+                            f"OpenAPI at http://127.0.0.1:{port}/openapi.json)\n")
+        key = admin_key(lines[1], keys_file)
+        assert key not in keys_file.read_text()  # shown once, kept as a hash
         url = f"http://127.0.0.1:{port}/api/session"
         deadline = time.monotonic() + 30
         while True:
@@ -47,6 +48,14 @@ def test_serve_prints_the_url_and_the_key_location_and_the_key_works(database_ur
         server.send_signal(signal.SIGTERM)
         server.wait(30)
     assert server.returncode == 0
+
+
+def admin_key(output: str, keys_file) -> str:
+    """The admin key `serve` created, from the one line that shows it."""
+    found = re.search(rf"^API keys: {re.escape(str(keys_file.resolve()))} \(hashes only\); the admin key local-admin, "
+                      r"shown only now: (\S+)$", output, re.MULTILINE)
+    assert found, output
+    return found[1]
 
 
 def _until_serving(server: subprocess.Popen, port: int, log_path, timeout: float = 60) -> None:
@@ -102,9 +111,8 @@ def test_serve_keeps_generating_after_every_database_connection_dropped(database
                               env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     segment = {"prompt": "a fox", "seed": 1, "frames": 2, "steps": 2}
     try:
-        keys_file = tmp_path / "home" / "api-keys.json"
         _until_serving(server, port, tmp_path / "serve.log")
-        key = json.loads(keys_file.read_text())["keys"][0]["key"]
+        key = admin_key((tmp_path / "serve.log").read_text(), tmp_path / "home" / "api-keys.json")
 
         def generate(name: str) -> dict:
             scene = _call(port, key, "POST", "/api/jobs",
@@ -153,7 +161,7 @@ def test_sigterm_ends_live_streams_starts_no_job_and_exits_within_the_grace_peri
         keys_file = tmp_path / "home" / "api-keys.json"
         deadline = time.monotonic() + 60
         _until_serving(server, port, log_path)
-        key = json.loads(keys_file.read_text())["keys"][0]["key"]
+        key = admin_key(log_path.read_text(), keys_file)
         slow = {"prompt": "a slow fox", "seed": 1, "frames": 2, "steps": 400}  # far longer than the grace
         rendering, waiting = (_call(port, key, "POST", "/api/jobs", {"project": "p", "scene": name, "aspect": "16:9",
                                                                       "segments": [slow]})["scene_id"]
