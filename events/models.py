@@ -247,6 +247,8 @@ class GenerationCompleted(Event):
     ssim: float | None = Field(default=None, ge=-1, le=1, description="Mean SSIM against the source segment.")
     psnr: float | None = Field(default=None, ge=0, le=100, description="Mean PSNR (dB) against the source segment.")
     comparison_key: ObjectKey | None = Field(default=None, description="Side-by-side image, source | target.")
+    no_similarity_reason: Text | None = Field(
+        default=None, description="Upscales only: why there is no similarity score (the source's media is gone).")
 
 
 class GenerationFailed(Event):

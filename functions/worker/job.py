@@ -233,7 +233,7 @@ def run_job(deps: Deps, job: JobDocument, claim: Claim, *, device: str, pipeline
         similarity = {}
         if job.compare_with:
             similarity = _compare(s3, deps.bucket, job, frames)
-            metadata.update({k: v for k, v in similarity.items() if k != "comparison_key"})
+            metadata.update({k: v for k, v in similarity.items() if k != "comparison_key"})  # or the reason
         s3.put_object(Bucket=deps.bucket, Key=keys["video.mp4"], Body=video, ContentType="video/mp4")
         s3.put_object(Bucket=deps.bucket, Key=keys["poster.png"], Body=poster_png(frames),
                       ContentType="image/png")
@@ -257,11 +257,16 @@ def run_job(deps: Deps, job: JobDocument, claim: Claim, *, device: str, pipeline
 
 
 def _compare(s3, bucket: str, job: JobDocument, frames) -> dict:
-    """SSIM and PSNR against the source segment, and the side-by-side image, written to S3."""
+    """SSIM and PSNR against the source segment, and the side-by-side image, written to S3; or,
+    when the source's video is gone, why there is no score."""
     from shared.domain import similarity
     from shared.media.video import decode_video
 
-    source_video = s3.get_object(Bucket=bucket, Key=job.compare_with.video_key)["Body"].read()
+    try:
+        source_video = s3.get_object(Bucket=bucket, Key=job.compare_with.video_key)["Body"].read()
+    except s3.exceptions.NoSuchKey:  # expired or deleted: the upscale itself does not need it
+        return {"no_similarity_reason": f"the source segment's video s3://{bucket}/{job.compare_with.video_key} "
+                                        "is gone (expired or deleted), so it was not compared"}
     source = decode_video(source_video)
     ssim, psnr = similarity.compare(source, frames)
     key = job.output_prefix + "comparison.png"

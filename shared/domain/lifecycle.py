@@ -101,15 +101,17 @@ def start_segment(conn: psycopg.Connection, segment_id: int) -> Transition:
 
 
 def finish_segment(conn: psycopg.Connection, segment_id: int, *, ssim: float | None, psnr: float | None,
-                   comparison_key: str | None, similarity_threshold: float) -> Transition:
+                   comparison_key: str | None, similarity_threshold: float,
+                   no_similarity_reason: str | None = None) -> Transition:
     """→ generated, with the similarity to the source segment (upscales only), flagged below
-    the threshold."""
+    the threshold, or why there is none."""
     return _changed(
         conn,
         """UPDATE segments SET status = 'generated', ssim = %s, psnr = %s, comparison_key = %s,
-                  similarity_flagged = CASE WHEN %s::float8 IS NULL THEN NULL ELSE %s::float8 < %s END
+                  similarity_flagged = CASE WHEN %s::float8 IS NULL THEN NULL ELSE %s::float8 < %s END,
+                  no_similarity_reason = %s
            WHERE id = %s AND status IN ('pending', 'generating', 'failed')""",
-        [ssim, psnr, comparison_key, ssim, ssim, similarity_threshold, segment_id],
+        [ssim, psnr, comparison_key, ssim, ssim, similarity_threshold, no_similarity_reason, segment_id],
     )
 
 
@@ -338,7 +340,7 @@ def apply_completed(conn: psycopg.Connection, event: GenerationCompleted, simila
         return None  # reported before, or another attempt of the segment succeeded
     supersede_other_attempts(conn, event.segment_id, event.job_id)
     finish_segment(conn, event.segment_id, ssim=event.ssim, psnr=event.psnr, comparison_key=event.comparison_key,
-                   similarity_threshold=similarity_threshold)
+                   similarity_threshold=similarity_threshold, no_similarity_reason=event.no_similarity_reason)
     if finish_scene(conn, event.scene_id):
         return GENERATED
     start_scene(conn, event.scene_id)

@@ -155,7 +155,7 @@ SCENE_QUERY = """
 
 SEGMENT_QUERY = f"""
     SELECT g.id, g.position, g.status, {", ".join("g." + field for field in RECIPE_FIELDS)},
-           g.ssim, g.psnr, g.comparison_key, g.similarity_flagged,
+           g.ssim, g.psnr, g.comparison_key, g.similarity_flagged, g.no_similarity_reason,
            j.id AS job_id, j.attempt, j.status AS job_status, j.progress, j.error, j.device, j.device_seconds,
            j.load_seconds, j.held_seconds, j.worker_id, j.batch_size,
            j.video_key, j.poster_key, j.metadata_key, j.sha256,
@@ -188,6 +188,7 @@ def _segment_json(row: dict) -> dict:
         "attempts": row["attempts"],  # every attempt, oldest first: a failed one keeps its reason
         # Upscaled segments only: similarity to the source segment, flagged below the threshold.
         "ssim": row["ssim"], "psnr": row["psnr"], "similarity_flagged": row["similarity_flagged"],
+        "no_similarity_reason": row["no_similarity_reason"],
     }
 
 

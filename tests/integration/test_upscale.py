@@ -144,17 +144,17 @@ def test_the_same_upscale_twice_and_concurrently_gives_one_target(gen_deps, conn
 def test_a_failed_segment_fails_the_upscale_and_retry_regenerates_only_it(gen_deps, conn):
     draft_id = _generated_draft(gen_deps)
     draft = scenes.get_scene(conn, draft_id)
-    # Take the source video of segment 1 away: its upscale cannot be compared and fails for good.
+    # Break the source video of segment 1: its upscale cannot decode it and fails (max_attempts 1 here).
     key = draft["segments"][1]["outputs"]["video"]
     video = gen_deps.s3.get_object(Bucket=gen_deps.bucket, Key=key)["Body"].read()
-    gen_deps.s3.delete_object(Bucket=gen_deps.bucket, Key=key)
+    gen_deps.s3.put_object(Bucket=gen_deps.bucket, Key=key, Body=b"not a video")
 
     target_id = upscale.request_upscale(gen_deps, draft_id, "preview")
     target = wait_for_scene(gen_deps, target_id)
     assert target["status"] == "failed"
     assert [s["status"] for s in target["segments"]] == ["generated", "failed"]
     [failed] = [r["payload"]["data"] for r in conn.execute("SELECT payload FROM outbox WHERE topic = 'upscale.failed'")]
-    assert failed["target_scene_id"] == target_id and "NoSuchKey" in failed["reason"]
+    assert failed["target_scene_id"] == target_id and "not a readable video (11 bytes)" in failed["reason"]
 
     gen_deps.s3.put_object(Bucket=gen_deps.bucket, Key=key, Body=video)  # the fix
     scenes.retry_failed_segments(gen_deps, target_id)
@@ -188,3 +188,22 @@ def test_cli_upscale_approve_and_show(gen_deps, run_cli, database_url, tiny_mode
 
     shown = run_cli("scenes", "show", str(target["target_scene_id"]), env=env)
     assert f"lineage: {draft_id} draft 512×288" in shown.stdout and "preview 768×432" in shown.stdout
+
+
+def test_an_upscale_whose_source_media_is_gone_still_renders_and_says_why_it_has_no_score(gen_deps, conn):
+    draft_id = _generated_draft(gen_deps, project="expired")
+    # The Draft's files expired (the bucket's lifecycle rule) before anyone asked for Production.
+    draft = scenes.get_scene(conn, draft_id)
+    for segment in draft["segments"]:
+        gen_deps.s3.delete_object(Bucket=gen_deps.bucket, Key=segment["outputs"]["video"])
+    event_id = scenes.approve(gen_deps, draft_id)
+    run_until(gen_deps, lambda c: approval_settled(c, draft_id, event_id), settle=False)
+    target = wait_for_scene(gen_deps, upscale.request_upscale(gen_deps, draft_id, "preview"))
+    assert target["status"] == "generated"
+    for source, segment in zip(draft["segments"], target["segments"]):
+        assert (segment["ssim"], segment["psnr"], segment["similarity_flagged"]) == (None, None, None)
+        assert segment["outputs"]["comparison"] is None and segment["outputs"]["video"]
+        assert segment["no_similarity_reason"] == (
+            f"the source segment's video s3://{gen_deps.bucket}/{source['outputs']['video']} is gone (expired or "
+            "deleted), so it was not compared")
+        assert segment["job"]["attempt"] == 1  # rendered on the first try, not failed and retried
