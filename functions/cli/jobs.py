@@ -9,7 +9,7 @@ from pathlib import Path
 from functions import worker
 from functions.cli.parsing import add_command, add_group, print_table
 from functions.handlers.registry import FUNCTIONS
-from shared.domain import fleet, recipe, scenes, upscale, usage
+from shared.domain import fleet, limits, recipe, scenes, upscale, usage
 from shared.errors import InvalidInput
 from shared.runtime import drive
 
@@ -194,14 +194,43 @@ def cmd_scenes_retry(deps, args) -> int:
     return _show_result(deps, args.scene_id, args)
 
 
+def _none_or(kind):
+    """An argparse type: `none` (clear it) or a value of `kind`."""
+    def parse(text: str):
+        if text.lower() == "none":
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is neither none nor a {kind.__name__}") from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def cmd_projects_set(deps, args) -> int:
-    tier = None if args.auto_upscale_to.lower() == "none" else args.auto_upscale_to
-    upscale.set_auto_upscale(deps, args.name, tier)
-    result = {"project": args.name, "auto_upscale_to": tier}
-    print(json.dumps(result) if args.json else
-          f"project {args.name}: approved scenes are upscaled to {tier}" if tier else
-          f"project {args.name}: no automatic upscale")
+    bounds = {k: getattr(args, k) for k in ("max_segments", "max_frame_steps", "max_artist_tier")
+              if getattr(args, k) is not _KEEP}
+    if args.auto_upscale_to is _KEEP and not bounds:
+        raise InvalidInput("give at least one of --auto-upscale-to, --max-segments, --max-frame-steps, "
+                           "--max-artist-tier")
+    if args.auto_upscale_to is not _KEEP:
+        upscale.set_auto_upscale(deps, args.name, args.auto_upscale_to)
+    with deps.connect() as conn:
+        bounded = limits.set_limits(conn, args.name, **bounds)
+        auto = conn.execute("SELECT t.name FROM projects p LEFT JOIN resolution_tiers t ON t.id = p.auto_upscale_to_tier_id "
+                            "WHERE p.name = %s", [args.name]).fetchone()["name"]
+    result = {"project": args.name, "auto_upscale_to": auto, **bounded.to_json()}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"project {args.name}: " + (f"approved scenes are upscaled to {auto}" if auto else "no automatic upscale")
+              + "; " + ", ".join(f"{k.replace('_', ' ')} {v if v is not None else 'unbounded'}"
+                                 for k, v in bounded.to_json().items()))
     return 0
+
+
+_KEEP = object()  # an option not given: that setting stays as it is
 
 
 def _percent(value: float | None) -> str:
@@ -322,10 +351,17 @@ def register(commands) -> None:
     add_command(commands, "usage", cmd_usage, "GPU time (device-seconds rendering and held) per project and tier")
 
     project_commands = add_group(commands, "projects", "project settings")
-    project_set = add_command(project_commands, "set", cmd_projects_set, "set a project's auto-upscale policy")
+    project_set = add_command(project_commands, "set", cmd_projects_set,
+                              "set a project's auto-upscale policy and cost bounds (what is not given stays)")
     project_set.add_argument("name", metavar="NAME")
-    project_set.add_argument("--auto-upscale-to", required=True, metavar="TIER|none",
+    project_set.add_argument("--auto-upscale-to", type=_none_or(str), default=_KEEP, metavar="TIER|none",
                              help="upscale approved scenes to this tier automatically (none: off)")
+    project_set.add_argument("--max-segments", type=_none_or(int), default=_KEEP, metavar="N|none",
+                             help="at most N segments per scene (none: unbounded)")
+    project_set.add_argument("--max-frame-steps", type=_none_or(int), default=_KEEP, metavar="N|none",
+                             help="at most N frames × steps per segment (none: unbounded)")
+    project_set.add_argument("--max-artist-tier", type=_none_or(str), default=_KEEP, metavar="TIER|none",
+                             help="artists (API keys of role artist) submit and upscale up to this tier (none: any)")
 
     model_commands = add_group(commands, "model", "generation models")
     tiny = add_command(model_commands, "tiny", cmd_model_tiny,

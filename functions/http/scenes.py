@@ -63,10 +63,10 @@ def scene_json(scene: dict) -> dict:
 
 
 @router.post("/api/jobs", status_code=202, responses={404: ERRORS[404], 409: ERRORS[409]})
-def submit_job(body: JobRequest, _: Artist, conn: Conn, deps: Deps) -> dict:
+def submit_job(body: JobRequest, key: Artist, conn: Conn, deps: Deps) -> dict:
     segments = [recipe.SegmentSpec(**s.model_dump()) for s in body.segments]
     scene_id = scenes.submit_scene(deps, project=body.project, name=body.scene, aspect=body.aspect,
-                                   segments=segments, tier=body.tier, model=body.model)
+                                   segments=segments, tier=body.tier, model=body.model, role=key.role)
     return scene_json(scenes.get_scene(conn, scene_id))
 
 
@@ -89,7 +89,7 @@ def approve_scene(scene_id: Id, key: Artist, deps: Deps) -> dict:
 @router.post("/api/scenes/{scene_id}/upscale", status_code=202, responses={404: ERRORS[404], 409: ERRORS[409]})
 def upscale_scene(scene_id: Id, key: Artist, deps: Deps, body: UpscaleRequest | None = None) -> dict:
     target_tier = (body or UpscaleRequest()).target_tier
-    target_id = upscale.request_upscale(deps, scene_id, target_tier, requested_by=key.name)
+    target_id = upscale.request_upscale(deps, scene_id, target_tier, requested_by=key.name, role=key.role)
     return {"scene_id": target_id, "source_scene_id": scene_id, "target_tier": target_tier}
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 
 from events import SceneApproved
-from shared.domain import lifecycle, tiers
+from shared.domain import lifecycle, limits, tiers
 from shared.domain.dimensions import AspectRatio, parse_aspect
 from shared.domain.recipe import RECIPE_FIELDS, SegmentSpec, build_recipes, recipe_hash, recipe_of
 from shared.errors import Conflict, InvalidInput, NotFound
@@ -76,9 +76,12 @@ def submit_scene(
     segments: list[SegmentSpec],
     tier: str | None = None,
     model: str | None = None,
+    role: str | None = None,
 ) -> int:
     """Validate everything, then create the scene and queue its jobs; nothing is written on error.
-    `deps.resolve_model` names the model (the configured one when `model` is None) or refuses it."""
+    `deps.resolve_model` names the model (the configured one when `model` is None) or refuses it.
+    The project's cost bounds (shared.domain.limits) hold; `role` is the caller's API key role
+    (None: the operator)."""
     # 1. validate everything that needs no database
     problems = []
     if not project or not project.strip():
@@ -94,6 +97,7 @@ def submit_scene(
     with deps.uow() as uow:
         chosen = tiers.get_tier(uow.conn, tier) if tier else tiers.default_tier(uow.conn)
         chosen.size_for(parsed_aspect)  # refuses an aspect too extreme for the tier before writing
+        limits.check_submission(uow.conn, project.strip(), recipes, chosen, role)
         return create_scene(uow.conn, uow.emit, project=project.strip(), name=name.strip(), aspect=parsed_aspect,
                             tier=chosen, recipes=recipes)
 

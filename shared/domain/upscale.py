@@ -10,7 +10,7 @@ repeated, redelivered or concurrent request returns the first.
 import psycopg
 
 from events import Event, UpscaleCompleted, UpscaleFailed, UpscaleProgress, UpscaleRequested
-from shared.domain import lifecycle, tiers
+from shared.domain import lifecycle, limits, tiers
 from shared.domain.dimensions import AspectRatio
 from shared.domain.recipe import recipe_of
 from shared.domain.scenes import create_scene, latest_attempt, scene_row
@@ -62,10 +62,16 @@ def upscale_scene(conn: psycopg.Connection, emit, scene_id: int, target_tier: st
     return target_id, True
 
 
-def request_upscale(deps, scene_id: int, target_tier: str, requested_by: str | None = None) -> int:
+def request_upscale(deps, scene_id: int, target_tier: str, requested_by: str | None = None,
+                    role: str | None = None) -> int:
     """One click: create the target scene now (so its id can be shown) and record the request as
-    an `upscale.requested` event; its handler finds the same target and does nothing twice."""
+    an `upscale.requested` event; its handler finds the same target and does nothing twice. An
+    artist (`role`) stays within the project's artist tier (shared.domain.limits)."""
     with deps.uow() as uow:
+        if role is not None:
+            project = scene_row(uow.conn, scene_id)["project"]
+            limits.check_tier(limits.project_limits(uow.conn, project), project, tiers.get_tier(uow.conn, target_tier),
+                              role)
         target_id, _ = upscale_scene(uow.conn, uow.emit, scene_id, target_tier)
         uow.emit(UpscaleRequested(source_scene_id=scene_id, target_tier=target_tier, requested_by=requested_by))
     return target_id
