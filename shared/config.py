@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.errors import InvalidInput
+from shared.errors import InvalidInput, ServiceUnavailable
 
 
 class Settings(BaseSettings):
@@ -114,6 +114,15 @@ class Settings(BaseSettings):
                     "unset: the keys file under home (`tierflow serve` creates it with one admin key).",
     )
     batch_endpoint_url: str | None = Field(default=None, description="AWS Batch endpoint (moto server in tests).")
+    database_url_secret: str | None = Field(
+        default=None,
+        description="A Secrets Manager secret (ARN or name) holding the database URL, read at start instead of "
+                    "TIERFLOW_DATABASE_URL (on AWS: no secret in the function's configuration).",
+    )
+    api_keys_secret: str | None = Field(
+        default=None, description="A Secrets Manager secret (ARN or name) holding TIERFLOW_API_KEYS, read at start.")
+    secrets_endpoint_url: str | None = Field(
+        default=None, description="Secrets Manager endpoint (LocalStack or moto server; unset: AWS).")
     batch_job_queue: str = Field(default="tierflow-gpu", description="AWS Batch job queue of the GPU workers.")
     batch_job_definition: str = Field(default="tierflow-worker", description="AWS Batch job definition of the worker.")
     batch_gpus: int = Field(default=1, ge=0, le=16, description="GPUs per generation job on AWS Batch.")
@@ -175,6 +184,9 @@ class Settings(BaseSettings):
             "batch_job_queue": self.batch_job_queue,
             "batch_job_definition": self.batch_job_definition,
             "batch_max_workers": str(self.batch_max_workers),
+            "database_url_secret": self.database_url_secret or "(none)",
+            "api_keys_secret": self.api_keys_secret or "(none)",
+            "secrets_endpoint_url": self.secrets_endpoint_url or "(AWS default)",
         }
 
 
@@ -201,11 +213,31 @@ def mask_url(url: str) -> str:
 
 
 def load_settings() -> Settings:
-    """Read the settings from the environment; a bad value is one clear InvalidInput."""
+    """Read the settings from the environment, and the secrets named by *_SECRET from Secrets
+    Manager; a bad value is one clear InvalidInput, an unreadable secret a ServiceUnavailable."""
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         problems = "; ".join(
             f"TIERFLOW_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
         )
         raise InvalidInput(f"invalid configuration: {problems}") from None
+    read = {}
+    for field, secret in (("database_url", settings.database_url_secret), ("api_keys", settings.api_keys_secret)):
+        if secret is None:
+            continue
+        if getattr(settings, field) is not None:
+            raise InvalidInput(f"set TIERFLOW_{field.upper()} or TIERFLOW_{field.upper()}_SECRET, not both")
+        read[field] = SecretStr(_read_secret(settings, secret))
+    return settings.model_copy(update=read) if read else settings
+
+
+def _read_secret(settings: Settings, secret: str) -> str:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.client("secretsmanager", region_name=settings.aws_region, endpoint_url=settings.secrets_endpoint_url)
+    try:
+        return client.get_secret_value(SecretId=secret)["SecretString"]
+    except (BotoCoreError, ClientError, KeyError) as exc:
+        raise ServiceUnavailable(f"cannot read the secret {secret!r} from Secrets Manager: {exc}") from exc

@@ -1,6 +1,7 @@
 """`tierflow infra deploy` against moto server (the test double for AWS APIs with no local server)."""
 
 import json
+import os
 
 import boto3
 import pytest
@@ -67,3 +68,30 @@ def test_the_job_definition_asks_for_what_each_submission_asks_for(moto_server, 
         Settings(batch_gpus=int(gpus), batch_vcpus=2)))
     assert defined == submitted
     assert ("GPU", gpus) in defined if gpus != "0" else all(kind != "GPU" for kind, _ in defined)
+
+
+def test_settings_read_the_secrets_they_name_from_secrets_manager_at_start(moto_server, monkeypatch):
+    from shared.config import load_settings
+    from shared.errors import InvalidInput, ServiceUnavailable
+
+    secrets = boto3.client("secretsmanager", endpoint_url=moto_server, region_name="us-east-1")
+    arn = secrets.create_secret(Name="tierflow/database-url", SecretString="postgresql://app:pw@db/x")["ARN"]
+    secrets.create_secret(Name="tierflow/api-keys",
+                          SecretString=json.dumps([{"name": "a", "role": "admin", "key": "k" * 20}]))
+    for name in [k for k in os.environ if k.startswith("TIERFLOW_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("TIERFLOW_SECRETS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("TIERFLOW_DATABASE_URL_SECRET", arn)
+    monkeypatch.setenv("TIERFLOW_API_KEYS_SECRET", "tierflow/api-keys")
+    settings = load_settings()
+    assert settings.database_url.get_secret_value() == "postgresql://app:pw@db/x"
+    assert '"role": "admin"' in settings.api_keys.get_secret_value()
+    assert settings.masked()["database_url"] == "postgresql://app:****@db/x"
+
+    monkeypatch.setenv("TIERFLOW_API_KEYS_SECRET", "tierflow/missing")
+    with pytest.raises(ServiceUnavailable, match="cannot read the secret 'tierflow/missing' from Secrets Manager"):
+        load_settings()
+    monkeypatch.delenv("TIERFLOW_API_KEYS_SECRET")
+    monkeypatch.setenv("TIERFLOW_DATABASE_URL", "postgresql://other/x")
+    with pytest.raises(InvalidInput, match="set TIERFLOW_DATABASE_URL or TIERFLOW_DATABASE_URL_SECRET, not both"):
+        load_settings()

@@ -44,7 +44,7 @@ def test_the_api_serves_from_its_own_image_behind_a_streaming_function_url():
     resources = _template()["Resources"]
     api = resources["ApiFunction"]["Properties"]
     assert api["Code"]["ImageUri"] == "ApiImageUri"  # !Ref ApiImageUri
-    assert {"TIERFLOW_API_KEYS", "TIERFLOW_DATABASE_URL", "TIERFLOW_KAFKA_BOOTSTRAP", "TIERFLOW_MODEL"} <= set(
+    assert {"TIERFLOW_API_KEYS_SECRET", "TIERFLOW_DATABASE_URL_SECRET", "TIERFLOW_KAFKA_BOOTSTRAP", "TIERFLOW_MODEL"} <= set(
         api["Environment"]["Variables"])
     assert api["Environment"]["Variables"]["AWS_LWA_INVOKE_MODE"] == "response_stream"
     assert resources["ApiFunctionUrl"]["Properties"]["InvokeMode"] == "RESPONSE_STREAM"
@@ -129,7 +129,8 @@ def test_whatever_writes_the_outbox_has_a_relay_service_publishing_it():
 
     resources = _template()["Resources"]
     # Whatever reaches the database writes events to the outbox, in the transaction of its change.
-    writers = sorted(name for name, r in resources.items() if "TIERFLOW_DATABASE_URL" in _environment(r))
+    writers = sorted(name for name, r in resources.items()
+                     if {"TIERFLOW_DATABASE_URL", "TIERFLOW_DATABASE_URL_SECRET"} & _environment(r))
     assert {"OnSceneApprovedFunction", "ApiFunction", "WorkerJobDefinition"} <= set(writers)
     publishers = []
     for name, service in resources.items():
@@ -145,3 +146,20 @@ def test_whatever_writes_the_outbox_has_a_relay_service_publishing_it():
                 assert args.health_port and "/readyz" in " ".join(container["HealthCheck"]["Command"])
                 publishers.append(name)
     assert publishers, f"{', '.join(writers)} write events to the outbox and no service runs `tierflow relay`"
+
+
+def test_lambdas_read_their_secrets_at_start_and_may():
+    """No secret value in a function's configuration: each names its secrets, and its role may read them."""
+    resources = _template()["Resources"]
+    assert "{{resolve:secretsmanager" not in (ROOT / "infra" / "template.yaml").read_text()
+    functions = {name: r for name, r in resources.items() if r["Type"] == "AWS::Lambda::Function"}
+    for name, function in functions.items():
+        variables = function["Properties"]["Environment"]["Variables"]
+        assert "TIERFLOW_DATABASE_URL" not in variables and "TIERFLOW_API_KEYS" not in variables, name
+        secrets = [variables[v] for v in ("TIERFLOW_DATABASE_URL_SECRET", "TIERFLOW_API_KEYS_SECRET") if v in variables]
+        assert secrets, name
+        role = resources[function["Properties"]["Role"].split(".")[0]]  # !GetAtt ROLE.Arn
+        readable = [s for p in role["Properties"]["Policies"] for s in p["PolicyDocument"]["Statement"]
+                    if s["Action"] == "secretsmanager:GetSecretValue"]
+        allowed = {r for s in readable for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])}
+        assert set(secrets) <= allowed, name
