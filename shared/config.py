@@ -108,6 +108,8 @@ class Settings(BaseSettings):
         default=1024 * 1024, ge=1024, le=1024**3,
         description="HTTP request bodies over this many bytes get 413 before they are read.",
     )
+    max_streams_per_key: int = Field(
+        default=16, ge=1, le=10000, description="Live progress streams one API key may hold open at once.")
     api_keys: SecretStr | None = Field(
         default=None,
         description='HTTP API keys as JSON: [{"name": "ci", "role": "admin|artist|viewer", "key": "..."}]; '
@@ -179,6 +181,7 @@ class Settings(BaseSettings):
             "similarity_threshold": str(self.similarity_threshold),
             "draft_retention_days": str(self.draft_retention_days),
             "max_body_bytes": str(self.max_body_bytes),
+            "max_streams_per_key": str(self.max_streams_per_key),
             "api_keys": "****" if self.api_keys else f"(keys file {self.api_keys_file})",
             "batch_endpoint_url": self.batch_endpoint_url or "(AWS default)",
             "batch_job_queue": self.batch_job_queue,

@@ -20,6 +20,25 @@ from functions.http.problems import ERRORS, install_problem_handlers
 WEB_DIR = Path(__file__).parent / "web"
 
 
+class StreamCount:
+    """Live streams open per API key, so one key cannot hold every thread and connection."""
+
+    def __init__(self):
+        self._open: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def open(self, key_name: str, most: int) -> bool:
+        with self._lock:
+            if self._open.get(key_name, 0) >= most:
+                return False
+            self._open[key_name] = self._open.get(key_name, 0) + 1
+            return True
+
+    def close(self, key_name: str) -> None:
+        with self._lock:
+            self._open[key_name] -= 1
+
+
 def create_app(deps) -> FastAPI:
     """The API and UI over `deps` (its database, S3 and settings)."""
     app = FastAPI(
@@ -29,6 +48,7 @@ def create_app(deps) -> FastAPI:
     app.state.deps = deps  # what the routes' dependencies read (functions.http.dependencies.get_deps)
     app.state.stopping = threading.Event()  # set when the server shuts down: live streams end
     app.state.loops = []  # the Supervised loops this server runs, for /readyz
+    app.state.streams = StreamCount()  # live streams open, per key
     install_problem_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=deps.settings.max_body_bytes)
     # In this order, so the OpenAPI document lists the paths as it always has.

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import Response, StreamingResponse
 from pydantic import Field
+from starlette.background import BackgroundTask
 
 from functions.http.dependencies import Artist, Body, Conn, Deps, Id, Viewer
 from functions.http.problems import ERRORS, PROBLEM_SCHEMA, Problem
@@ -95,10 +96,15 @@ def upscale_scene(scene_id: Id, key: Artist, deps: Deps, body: UpscaleRequest | 
 
 @router.get("/api/scenes/{scene_id}/events", responses={
     200: {"description": "server-sent events: `event: scene` with the scene's JSON at each change",
-          "content": {"text/event-stream": {}}}, 404: ERRORS[404]})
-def scene_events(scene_id: Id, _: Viewer, conn: Conn, deps: Deps, request: Request) -> StreamingResponse:
+          "content": {"text/event-stream": {}}}, 404: ERRORS[404],
+    429: {"description": "the key has TIERFLOW_MAX_STREAMS_PER_KEY live streams open", "content": PROBLEM_SCHEMA}})
+def scene_events(scene_id: Id, key: Viewer, conn: Conn, deps: Deps, request: Request) -> StreamingResponse:
     scenes.get_scene(conn, scene_id)  # a 404 now, not an empty stream
     stopping = request.app.state.stopping  # a shutting-down server ends its streams, or it waits for them
+    streams = request.app.state.streams
+    if not streams.open(key.name, deps.settings.max_streams_per_key):
+        raise Problem(429, "Too many streams", f"key {key.name!r} has {deps.settings.max_streams_per_key} live streams "
+                      "open (TIERFLOW_MAX_STREAMS_PER_KEY); close one first")
 
     def stream():
         last, deadline = None, time.monotonic() + STREAM_SECONDS
@@ -113,7 +119,9 @@ def scene_events(scene_id: Id, _: Viewer, conn: Conn, deps: Deps, request: Reque
                     return
                 time.sleep(STREAM_POLL_SECONDS)
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    # The background task runs when the response ends, also when the browser went away first.
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                             background=BackgroundTask(streams.close, key.name))
 
 
 @router.get("/api/scenes/{scene_id}/segments/{position}/{kind}", responses={

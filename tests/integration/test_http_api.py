@@ -223,6 +223,21 @@ def test_scene_refusals(client, conn):
     assert conn.execute("SELECT count(*) AS n FROM scenes").fetchone()["n"] == 2
 
 
+def test_live_streams_are_limited_per_key_and_given_back_when_they_end(client, conn):
+    scene = make_scene(conn, status="generated")  # settled: its stream ends after one event
+    streams, most = client.app.state.streams, client.app.state.deps.settings.max_streams_per_key
+    for _ in range(most):  # what the viewer's key already holds open elsewhere
+        assert streams.open("viewer-1", most)
+    refused = _problem(client.get(f"/api/scenes/{scene}/events", headers=as_("viewer")), 429)
+    assert refused["detail"] == (f"key 'viewer-1' has {most} live streams open (TIERFLOW_MAX_STREAMS_PER_KEY); "
+                                 "close one first")
+    assert client.get(f"/api/scenes/{scene}/events", headers=as_("artist")).status_code == 200  # another key
+    streams.close("viewer-1")
+    for _ in range(3):  # each stream gives its place back when it ends
+        assert client.get(f"/api/scenes/{scene}/events", headers=as_("viewer")).status_code == 200
+    assert streams.open("viewer-1", most) and not streams.open("viewer-1", most)  # one place left, as before
+
+
 def test_the_event_stream_follows_a_scene_until_it_settles(client, conn):
     scene = make_scene(conn, status="generating")
 
