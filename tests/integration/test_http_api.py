@@ -101,9 +101,11 @@ def test_the_browser_session_is_a_random_id_in_an_http_only_cookie_revoked_on_si
     assert client.delete("/api/session").status_code == 204
     _problem(client.get("/api/session"), 401)
     # Signed out means revoked: the copied session id is no good any more.
-    _problem(client.get("/api/session", cookies={"tierflow_api_key": session}), 401)
+    client.cookies.set("tierflow_api_key", session)
+    _problem(client.get("/api/session"), 401)
     # A key in the cookie is not a session.
-    _problem(client.get("/api/session", cookies={"tierflow_api_key": KEYS["artist"]}), 401)
+    client.cookies.set("tierflow_api_key", KEYS["artist"])
+    _problem(client.get("/api/session"), 401)
 
 
 # -- tiers ----------------------------------------------------------------------------------------
