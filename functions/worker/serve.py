@@ -105,7 +105,7 @@ class Worker:
         """Serve until stopped, idle or done; 0 on a normal end, 1 when the worker could not go on."""
         try:
             db.with_reconnect(self._register, for_seconds=self.settings.report_retry_seconds)
-        except DATABASE_DOWN as exc:
+        except (*DATABASE_DOWN, psycopg.errors.InsufficientPrivilege) as exc:  # a role short of grants too
             self.log(f"cannot register with the database: {exc}")
             return 1
         if threading.current_thread() is threading.main_thread():

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -215,3 +216,24 @@ def test_workers_that_cannot_start_are_given_up_on_with_the_reason(tmp_path, tin
     assert "cannot reach the database" in dispatcher.failure
     with pytest.raises(Exception, match="exited 5 times"):
         dispatcher.ensure_workers()
+
+
+def test_a_worker_in_the_worker_role_renders_and_may_touch_nothing_else(fleet_deps, conn, tmp_path, database_url):
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    conn.execute((Path(__file__).resolve().parents[2] / "infra" / "sql" / "worker_role.sql").read_text())
+    conn.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'gpu_node_7') THEN "
+                 "CREATE ROLE gpu_node_7 LOGIN IN ROLE tierflow_worker; END IF; END $$")
+    scene_id = scenes.submit_scene(fleet_deps, project="p", name="least privilege", aspect="1:1", segments=[QUICK] * 2)
+    as_worker = make_conninfo(database_url, user="gpu_node_7")
+    deps = generation_deps(as_worker, fleet_deps.settings.home, fleet_deps.settings.model, job_lease_seconds=2)
+    process, log = _serve(deps, tmp_path, "--id", "least", "--exit-when-idle", "2")
+    assert process.wait(300) == 0, log.read_text()
+    assert wait_for_scene(fleet_deps, scene_id)["status"] == "generated"
+    with psycopg.connect(as_worker, autocommit=True) as worker:
+        for statement in ("UPDATE resolution_tiers SET is_deliverable = true", "DELETE FROM generation_jobs",
+                          "UPDATE deliveries SET status = 'completed'", "SELECT * FROM api_sessions",
+                          "INSERT INTO processed_events (consumer, event_id) VALUES ('x', 'y')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                worker.execute(statement)
