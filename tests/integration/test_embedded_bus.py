@@ -111,6 +111,10 @@ def test_events_of_one_subject_are_applied_in_order_and_transient_failures_retri
         "a", "b", "flaky", "c", "d"]
 
 
+def _broken(event, uow, ports):
+    raise TimeoutError("GPU queue did not answer")
+
+
 def _deps_retrying_for(database_url, home, seconds: float):
     from shared.bootstrap import Deps
     from shared.config import Settings
@@ -161,10 +165,7 @@ def test_a_transient_failure_holds_back_its_subject_only_and_is_applied_once_it_
 
 def test_a_handler_that_keeps_failing_is_dead_lettered_once_the_transient_window_has_passed(database_url, tmp_path,
                                                                                              conn):
-    def broken(event, uow, ports):
-        raise TimeoutError("GPU queue did not answer")
-
-    function = Function("broken", ("scene.approved",), broken)
+    function = Function("broken", ("scene.approved",), _broken)
     deps = _deps_retrying_for(database_url, tmp_path / "home", 2.5)
     _publish(deps, SceneApproved(scene_id=1))
     bus.drain(deps, [function], [function])
@@ -181,10 +182,7 @@ def test_a_handler_that_keeps_failing_is_dead_lettered_once_the_transient_window
 
 def test_with_no_transient_window_a_failing_handler_is_dead_lettered_after_its_quick_tries(database_url, tmp_path,
                                                                                            conn):
-    def broken(event, uow, ports):
-        raise TimeoutError("GPU queue did not answer")
-
-    function = Function("broken", ("scene.approved",), broken)
+    function = Function("broken", ("scene.approved",), _broken)
     deps = _deps_retrying_for(database_url, tmp_path / "home", 0)
     _publish(deps, SceneApproved(scene_id=1))
     bus.drain(deps, [function], [function])

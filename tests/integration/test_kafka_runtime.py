@@ -7,6 +7,7 @@ import subprocess
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -247,6 +248,28 @@ def test_dlq_list_and_replay_after_a_fix(kafka_deps, conn, run_cli, database_url
     _run_until_outcomes(runner, [], lambda: _status(conn, 77) == "approved")
 
 
+@contextmanager
+def _running(runner):
+    """The runner in a thread while the block runs; yields its outcomes and the thread, then stops it."""
+    seen, stop = [], threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop.is_set, lambda f, o: seen.append(o)))
+    thread.start()
+    try:
+        yield seen, thread
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+def _wait_for(condition, thread, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert thread.is_alive(), f"the runner stopped while waiting for {what}"
+        time.sleep(0.1)
+
+
 def test_a_runner_outlives_a_database_restart_and_applies_each_event_once(kafka_deps, conn, postgres_server):
     bootstrap = kafka_deps.settings.kafka_bootstrap
     ensure_topics(bootstrap, 4)
@@ -255,27 +278,15 @@ def test_a_runner_outlives_a_database_restart_and_applies_each_event_once(kafka_
     producer.send("scene.approved", key=str(before).encode(), value=_approval_bytes(before))
     producer.flush()
     runner = KafkaFunctionRunner(kafka_deps, APPROVALS, bootstrap, make_producer(bootstrap))
-    seen, stop = [], threading.Event()
-    thread = threading.Thread(target=runner.run, args=(stop.is_set, lambda f, o: seen.append(o)))
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while _status(conn, before) != "approved":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+    with _running(runner) as (seen, thread):
+        _wait_for(lambda: _status(conn, before) == "approved", thread, "the first event")
         # PostgreSQL goes away for 2 s (every session cut, new ones refused) while an event arrives.
         with database_outage(postgres_server, conn.info.dbname, conn.info.backend_pid):
             producer.send("scene.approved", key=str(during).encode(), value=_approval_bytes(during))
             producer.flush()
             time.sleep(2)
             assert thread.is_alive()
-        while _status(conn, during) != "approved":
-            assert time.monotonic() < deadline and thread.is_alive()
-            time.sleep(0.1)
-    finally:
-        stop.set()
-        thread.join(30)
-    assert not thread.is_alive()
+        _wait_for(lambda: _status(conn, during) == "approved", thread, "the event sent during the outage")
     assert sum(len(o.applied) for o in seen) == 2 and not any(o.dead for o in seen)
     assert conn.execute("SELECT count(*) AS n FROM processed_events").fetchone()["n"] == 2
 
@@ -288,14 +299,6 @@ def test_pruning_is_refused_for_a_retention_the_broker_makes_unsafe(kafka_deps, 
     assert refused.stderr.strip() == ("tierflow: 1.5 days is shorter than the broker keeps events (24 h) plus a "
                                       "day: keep them at least 2 days")
     assert run_cli("db", "prune", "--older-than", "2", env=env).returncode == 0
-
-
-def _wait_for(condition, thread, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        assert thread.is_alive(), f"the runner stopped while waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_a_transient_failure_holds_back_its_partition_only_and_is_applied_once_it_passes(kafka_deps, conn):
@@ -318,10 +321,7 @@ def test_a_transient_failure_holds_back_its_partition_only_and_is_applied_once_i
     producer.flush()
     runner = KafkaFunctionRunner(kafka_deps, Function("approvals", APPROVALS.consumes, handle), bootstrap,
                                  make_producer(bootstrap))
-    seen, stop = [], threading.Event()
-    thread = threading.Thread(target=runner.run, args=(stop.is_set, lambda f, o: seen.append(o)))
-    thread.start()
-    try:
+    with _running(runner) as (seen, thread):
         # The other partition goes on; the failing event and the one behind it in its partition wait.
         _wait_for(lambda: _status(conn, other) == "approved", thread, "the other partition")
         _wait_for(lambda: conn.execute("SELECT tries FROM event_failures").fetchone() is not None, thread, "a retry")
@@ -332,9 +332,6 @@ def test_a_transient_failure_holds_back_its_partition_only_and_is_applied_once_i
         assert failure["last_error"] == "ConnectionResetError: S3 said 503 Slow Down"
         storage_down.clear()
         _wait_for(lambda: _status(conn, behind) == "approved", thread, "the held-back partition")
-    finally:
-        stop.set()
-        thread.join(30)
     assert _status(conn, flaky) == "approved"
     assert not any(o.dead for o in seen)
     assert conn.execute("SELECT count(*) AS n FROM processed_events").fetchone()["n"] == 3
@@ -355,10 +352,7 @@ def test_a_runner_survives_a_broker_restart_and_applies_each_event_once(kafka_de
     producer.flush()
     producer.close()
     runner = KafkaFunctionRunner(kafka_deps, APPROVALS, bootstrap, make_producer(bootstrap))
-    seen, stop = [], threading.Event()
-    thread = threading.Thread(target=runner.run, args=(stop.is_set, lambda f, o: seen.append(o)))
-    thread.start()
-    try:
+    with _running(runner) as (seen, thread):
         _wait_for(lambda: _status(conn, before) == "approved", thread, "the first event")
         kafka_broker.restart()
         producer = _plain_producer(bootstrap)
@@ -366,9 +360,5 @@ def test_a_runner_survives_a_broker_restart_and_applies_each_event_once(kafka_de
         producer.flush()
         producer.close()
         _wait_for(lambda: _status(conn, after) == "approved", thread, "the event sent after the restart", timeout=120)
-    finally:
-        stop.set()
-        thread.join(30)
-    assert not thread.is_alive()
     assert not any(o.dead for o in seen)
     assert conn.execute("SELECT count(*) AS n FROM processed_events").fetchone()["n"] == 2
