@@ -177,7 +177,12 @@ class Recipe(_Frozen):
     fps: Integer = Field(ge=1, le=120)
     steps: Integer = Field(ge=1, le=1000)
     guidance: float = Field(ge=0, le=100)
-    model: str = Field(min_length=1, max_length=500, description="A diffusers model id or path.")
+    model: str = Field(min_length=1, max_length=500, description=(
+        "A model catalogue name (in recipes made before the catalogue: a diffusers model directory or hub id)."))
+    model_pin: str | None = Field(
+        default=None, pattern=r"^(sha256:[0-9a-f]{64}|[0-9a-f]{40})$",
+        description="The weights `model` was pinned to: a hub commit, or sha256 over the directory's files; "
+                    "absent in recipes made before the catalogue.")
     scheduler: str | None = Field(default=None, min_length=1, max_length=200)
 
 

@@ -15,6 +15,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 
+from shared.adapters import storage
 from shared.adapters.dispatch import BATCH_WORKER_COMMAND, BATCH_WORKER_TIMEOUT_SECONDS, batch_resource_requirements
 from shared.errors import InvalidInput, ServiceUnavailable
 
@@ -77,9 +78,7 @@ class _Deployer:
             "encryption": {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
             "public access block": {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
                                     "RestrictPublicBuckets": True},
-            "lifecycle": [{"ID": "expire-superseded-drafts", "Status": "Enabled",
-                           "Filter": {"Prefix": "media/draft/"},
-                           "Expiration": {"Days": self.settings.draft_retention_days}}],
+            "lifecycle": [storage.expiry_rule(self.settings.draft_retention_days)],
         }
         current = self._bucket_settings(s3, bucket) if exists else {}
         writers = {

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import psycopg
 
-from infra.process import start_time
 from infra.net import free_ports, port_open
+from infra.process import start_time
 
 with warnings.catch_warnings():
     # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI) and falls back to /tmp: fine.

@@ -4,6 +4,7 @@ Embedded services start on first use only, so a command that needs just the data
 starts the S3 server (and never imports boto3: the CLI starts in half the time).
 """
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -13,7 +14,7 @@ import psycopg
 from infra import embedded
 from shared.adapters import db
 from shared.config import Settings
-from shared.errors import ServiceUnavailable
+from shared.errors import Conflict, ServiceUnavailable
 from shared.runtime.ports import Ports, Storage
 from shared.runtime.uow import UnitOfWork
 
@@ -68,11 +69,49 @@ class Deps:
         """What this process's handlers are given besides their unit of work."""
         return Ports(self.settings, storage=lambda: Storage(self.s3, self.bucket), dispatcher=lambda: self.dispatcher)
 
-    def resolve_model(self, model: str | None) -> str:
-        """The model a new scene is generated with (see shared.media.models.resolve_model)."""
-        from shared.media.models import resolve_model
+    def default_model(self) -> str:
+        """The catalogue name of the model jobs run when they name none: TIERFLOW_MODEL, by default
+        `tiny`. The tiny model (built under home) and a directory or hub id TIERFLOW_MODEL gives are
+        added to the catalogue on first use: the operator's configuration names them, not a job."""
+        from shared.domain import catalogue
+        from shared.media import models
 
-        return resolve_model(self.settings, model)
+        wanted = self.settings.model or "tiny"
+        source = None if catalogue.NAME.fullmatch(wanted) else wanted
+        with self.uow() as uow:
+            if source is None:
+                if wanted != "tiny" or wanted in catalogue.names(uow.conn):
+                    return wanted  # a name; refused at submission when it is not in the catalogue
+            else:
+                directory = models.pipeline_directory(source)
+                source = str(directory) if directory else source
+                found = catalogue.by_source(uow.conn, source)
+                if found:
+                    return found["name"]
+        # Pinning reads every file (or asks the Hub): outside any transaction.
+        pinned = models.pin_model(source or str(models.tiny_model_directory(self.settings.home)))
+        name = "tiny" if source is None else _name_for(source)
+        try:
+            with self.uow() as uow:
+                catalogue.add(uow.conn, name, source=pinned.source, revision=None, pin=pinned.pin,
+                              added_by="TIERFLOW_MODEL" if source else "first use")
+        except Conflict as exc:
+            raise Conflict(f"TIERFLOW_MODEL={wanted} is not in the model catalogue, and {exc}; add it with "
+                           "`tierflow models add NAME SOURCE` and set TIERFLOW_MODEL=NAME") from None
+        return name
+
+    def add_model(self, name: str, source: str, revision: str | None = None,
+                  added_by: str | None = None) -> tuple[dict, bool]:
+        """Pin `source` (a directory's file hashes, a hub revision's commit) and add it to the
+        catalogue as `name`; returns the entry and whether it is new (see shared.domain.catalogue)."""
+        from shared.domain import catalogue
+        from shared.media.models import pin_model
+
+        catalogue.check_name(name)  # before the pinning, which may read gigabytes
+        pinned = pin_model(source, revision)
+        with self.uow() as uow:
+            return catalogue.add(uow.conn, name, source=pinned.source, revision=pinned.revision, pin=pinned.pin,
+                                 added_by=added_by)
 
     @cached_property
     def s3(self):
@@ -106,3 +145,10 @@ class Deps:
         from shared.adapters.dispatch import BatchDispatcher, LocalDispatcher
 
         return BatchDispatcher(self) if self.settings.dispatcher == "batch" else LocalDispatcher(self)
+
+
+def _name_for(source: str) -> str:
+    """A catalogue name for a directory or hub id: its last part ("…/models/sd-video" →
+    "sd-video"), with what a name may not hold replaced."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", source.rstrip("/").rsplit("/", 1)[-1]).lstrip("._-")[:64]
+    return name or "model"

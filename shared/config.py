@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     )
     model: str | None = Field(
         default=None,
-        description="Default diffusers model (a directory or hub id); unset: the tiny model under home, built on first use.",
+        description="The model catalogue name jobs use when they name none (unset: `tiny`, the tiny model built under "
+                    "home). A directory (with a '/') or hub id given here is added to the catalogue on first use.",
     )
     dispatcher: Literal["local", "batch"] = Field(
         default="local", description="Where generation jobs run: local worker processes, or AWS Batch."
@@ -104,6 +105,12 @@ class Settings(BaseSettings):
     draft_retention_days: int = Field(
         default=30, ge=1, le=3650, description="Days after which Draft media expire (bucket lifecycle rule)."
     )
+    tag_draft_media: bool = Field(
+        default=True,
+        description="Tag Draft media tierflow-retention=expire, and an approved scene's keep, for the bucket's expiry "
+                    "rule. Never on the embedded S3 server: rclone's stores no tags (it would overwrite the object "
+                    "with them) and expires nothing; turn it off for another S3 server without object tagging.",
+    )
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=1024, le=1024**3,
         description="HTTP request bodies over this many bytes get 413 before they are read.",
@@ -132,11 +139,6 @@ class Settings(BaseSettings):
     batch_memory_mib: int = Field(default=16384, ge=512, description="Memory (MiB) per generation job on AWS Batch.")
 
     @property
-    def model_path(self) -> str:
-        """The model jobs use when they name none."""
-        return self.model or str((self.home / "models" / "tiny").resolve())
-
-    @property
     def api_keys_file(self) -> Path:
         """Where the HTTP API's keys live when TIERFLOW_API_KEYS is unset."""
         return (self.home / "api-keys.json").resolve()
@@ -148,6 +150,11 @@ class Settings(BaseSettings):
     @property
     def embedded_s3(self) -> bool:
         return self.s3_endpoint_url is None
+
+    @property
+    def tags_media(self) -> bool:
+        """Whether media are tagged for the Draft expiry (see tag_draft_media)."""
+        return self.tag_draft_media and not self.embedded_s3
 
     @property
     def embedded_bus(self) -> bool:
@@ -165,7 +172,7 @@ class Settings(BaseSettings):
             "kafka_bootstrap": self.kafka_bootstrap or "(embedded bus over the PostgreSQL outbox)",
             "kafka_partitions": str(self.kafka_partitions),
             "kafka_session_timeout_seconds": str(self.kafka_session_timeout_seconds),
-            "model": self.model or f"(tiny model under home: {self.model_path})",
+            "model": self.model or "tiny (the tiny model, built under home and added to the catalogue on first use)",
             "dispatcher": self.dispatcher,
             "local_workers": str(self.local_workers),
             "job_lease_seconds": str(self.job_lease_seconds),
@@ -180,6 +187,7 @@ class Settings(BaseSettings):
             "report_retry_seconds": str(self.report_retry_seconds),
             "similarity_threshold": str(self.similarity_threshold),
             "draft_retention_days": str(self.draft_retention_days),
+            "tag_draft_media": str(self.tags_media).lower(),
             "max_body_bytes": str(self.max_body_bytes),
             "max_streams_per_key": str(self.max_streams_per_key),
             "api_keys": "****" if self.api_keys else f"(keys file {self.api_keys_file})",

@@ -10,7 +10,6 @@ from shared.adapters import db
 from shared.domain import delivery, recipe, scenes, tiers, upscale
 from shared.domain.dimensions import parse_aspect
 from shared.errors import TierflowError
-from shared.media.models import default_model
 from shared.runtime import drive
 
 
@@ -39,7 +38,8 @@ def cmd_demo(deps, args) -> int:
         show_tiers(tiers.list_tiers(conn), aspect, as_json=False)
 
     started = time.monotonic()
-    print(f"[5/8] generating a 2-segment {aspect} scene at the default tier with {default_model(settings)}")
+    model = deps.default_model()
+    print(f"[5/8] generating a 2-segment {aspect} scene at the default tier with catalogue model {model!r}")
     segments = [recipe.SegmentSpec(prompt="a red fox crossing a snowy field at dawn", seed=1234, frames=4, fps=8,
                                    steps=4),
                 recipe.SegmentSpec(prompt="the fox leaps over a frozen stream", seed=5678, frames=4, fps=8, steps=4)]

@@ -1,4 +1,4 @@
-"""`tierflow jobs …`, `scenes …`, `usage`, `model tiny`, `worker` and `workers`: generation from the command line."""
+"""`tierflow jobs …`, `scenes …`, `usage`, `worker` and `workers`: generation from the command line."""
 
 import argparse
 import json
@@ -287,14 +287,6 @@ def cmd_workers_list(deps, args) -> int:
     return 0
 
 
-def cmd_model_tiny(deps, args) -> int:
-    from shared.media.tiny import build_tiny_model
-
-    path = build_tiny_model(Path(args.directory))
-    print(json.dumps({"model": str(path)}) if args.json else f"built the tiny text-to-video model in {path}")
-    return 0
-
-
 def cmd_worker(deps, args) -> int:
     return worker.run(args)
 
@@ -309,7 +301,7 @@ def register(commands) -> None:
     submit.add_argument("--scene", help="scene name")
     submit.add_argument("--aspect", metavar="W:H", help="aspect ratio, e.g. 16:9, 9:16, 2.39:1")
     submit.add_argument("--tier", help="resolution tier (default: the default tier)")
-    submit.add_argument("--model", help="diffusers model directory or hub id (default: TIERFLOW_MODEL)")
+    submit.add_argument("--model", help="a model catalogue name (`tierflow models list`; default: TIERFLOW_MODEL)")
     submit.add_argument("--spec", metavar="FILE.json", help="the whole job as JSON: project, scene, aspect, tier, "
                         "model, segments [{prompt, negative_prompt, seed, frames, fps, steps, guidance, scheduler}]")
     submit.add_argument("--prompt", action=_StartSegment, help="starts a new segment with this prompt")
@@ -362,11 +354,6 @@ def register(commands) -> None:
                              help="at most N frames × steps per segment (none: unbounded)")
     project_set.add_argument("--max-artist-tier", type=_none_or(str), default=_KEEP, metavar="TIER|none",
                              help="artists (API keys of role artist) submit and upscale up to this tier (none: any)")
-
-    model_commands = add_group(commands, "model", "generation models")
-    tiny = add_command(model_commands, "tiny", cmd_model_tiny,
-                       "build the tiny random-weight text-to-video pipeline offline (tests and the embedded default)")
-    tiny.add_argument("directory", metavar="DIR")
 
     worker_command = add_command(commands, "worker", cmd_worker,
                                  "run a GPU worker: `worker serve` claims queued jobs until stopped, "

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from events import InvalidEvent
-from functions.cli import delivery, demo, events, infra, jobs, serve, stack, tiers
+from functions.cli import delivery, demo, events, infra, jobs, models, serve, stack, tiers
 from functions.cli.parsing import Parser
 from shared.bootstrap import Deps
 from shared.config import load_settings
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack.register_db(commands)
     tiers.register(commands)
     stack.register(commands)
-    for group in (events, jobs, delivery, infra, serve):
+    for group in (events, jobs, models, delivery, infra, serve):
         group.register(commands)
     stack.register_config(commands)
     return parser

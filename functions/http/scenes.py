@@ -45,7 +45,8 @@ class JobRequest(Body):
     scene: str = Field(description="the scene's name")
     aspect: str = "16:9"
     tier: str | None = Field(default=None, description="a tier name; the default tier when omitted")
-    model: str | None = Field(default=None, description="a diffusers model directory or hub id; the configured one when omitted")
+    model: str | None = Field(default=None,
+                              description="a model catalogue name (GET /api/models); the configured default if omitted")
     segments: list[Segment] = Field(min_length=1, max_length=100)
 
 

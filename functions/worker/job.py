@@ -67,6 +67,9 @@ class JobDocument(BaseModel):
     width: int = Field(ge=8, le=8192, multiple_of=8)
     height: int = Field(ge=8, le=8192, multiple_of=8)
     recipe: Recipe
+    # Where the recipe's catalogue model is loaded from, at recipe.model_pin; None when the
+    # catalogue no longer has the model at that pin.
+    model_source: str | None = None
     quality_settings: dict | None = None
     output_prefix: str = Field(min_length=1)
     compare_with: SourceSegment | None = None
@@ -80,22 +83,23 @@ def parse_job(document) -> JobDocument:
 
 
 class PipelineCache:
-    """Loaded pipelines by (model, device, dtype), the least recently used dropped beyond `budget`.
-    One per worker slot: a diffusers pipeline is not safe to call from two threads at once."""
+    """Loaded pipelines by (model, pin, device, dtype), the least recently used dropped beyond
+    `budget`. One per worker slot: a diffusers pipeline is not safe to call from two threads at once."""
 
     def __init__(self, budget: int, threads: int | None = None):
         self.budget, self.threads = budget, threads
-        self._pipelines: OrderedDict[tuple[str, str, str], object] = OrderedDict()
+        self._pipelines: OrderedDict[tuple[str, str | None, str, str], object] = OrderedDict()
 
     @property
     def models(self) -> list[str]:
-        return [model for model, _, _ in self._pipelines]
+        return [model for model, _, _, _ in self._pipelines]
 
-    def get(self, model: str, device: str) -> tuple[object, float]:
-        """The pipeline and the seconds loading it took (0 when it was loaded already)."""
+    def get(self, model: str, source: str, pin: str | None, device: str) -> tuple[object, float]:
+        """The pipeline of catalogue model `model` as pinned, and the seconds loading it took (0
+        when it was loaded already; a load checks the weights against the pin)."""
         from shared.media.pipeline import device_dtype, load_pipeline
 
-        key = (model, device, device_dtype(device))
+        key = (model, pin, device, device_dtype(device))
         if key in self._pipelines:
             self._pipelines.move_to_end(key)
             return self._pipelines[key], 0.0
@@ -103,7 +107,7 @@ class PipelineCache:
             self._pipelines.popitem(last=False)
             _free_device_memory(device)
         started = time.monotonic()
-        self._pipelines[key] = load_pipeline(model, device, threads=self.threads)
+        self._pipelines[key] = load_pipeline(source, device, pin=pin, name=model, threads=self.threads)
         return self._pipelines[key], time.monotonic() - started
 
 
@@ -203,7 +207,8 @@ def run_job(deps: Deps, job: JobDocument, claim: Claim, *, device: str, pipeline
     LeaseLost, Released and ReportNotWritten pass through unreported: the job is not this
     worker's to report any more, or the database cannot take the report.
     """
-    from shared.media.models import ModelNotFound
+    from shared.adapters.storage import put_media
+    from shared.media.models import ModelChanged, ModelNotFound
     from shared.media.pipeline import render
     from shared.media.video import encode_mp4, poster_png
 
@@ -211,7 +216,10 @@ def run_job(deps: Deps, job: JobDocument, claim: Claim, *, device: str, pipeline
     worker = {"worker_id": claim.worker_id}
     try:
         recipe = job.recipe
-        pipeline, load_seconds = pipelines.get(recipe.model, device)
+        if job.model_source is None:
+            raise ModelChanged(f"model {recipe.model!r} at {recipe.model_pin} is no longer in the model catalogue "
+                               "(removed, or added again with other weights) since this job was submitted")
+        pipeline, load_seconds = pipelines.get(recipe.model, job.model_source, recipe.model_pin, device)
         started = time.monotonic()
         frames = render(
             pipeline, prompt=recipe.prompt, negative_prompt=recipe.negative_prompt, seed=recipe.seed,
@@ -232,13 +240,13 @@ def run_job(deps: Deps, job: JobDocument, claim: Claim, *, device: str, pipeline
         s3 = deps.s3
         similarity = {}
         if job.compare_with:
-            similarity = _compare(s3, deps.bucket, job, frames)
+            similarity = _compare(s3, deps.bucket, job, frames, tag=deps.settings.tags_media)
             metadata.update({k: v for k, v in similarity.items() if k != "comparison_key"})  # or the reason
-        s3.put_object(Bucket=deps.bucket, Key=keys["video.mp4"], Body=video, ContentType="video/mp4")
-        s3.put_object(Bucket=deps.bucket, Key=keys["poster.png"], Body=poster_png(frames),
-                      ContentType="image/png")
-        s3.put_object(Bucket=deps.bucket, Key=keys["metadata.json"], Body=json.dumps(metadata, indent=2).encode(),
-                      ContentType="application/json")
+        tag = deps.settings.tags_media
+        put_media(s3, deps.bucket, keys["video.mp4"], video, "video/mp4", tag=tag)
+        put_media(s3, deps.bucket, keys["poster.png"], poster_png(frames), "image/png", tag=tag)
+        put_media(s3, deps.bucket, keys["metadata.json"], json.dumps(metadata, indent=2).encode(), "application/json",
+                  tag=tag)
         completed = GenerationCompleted(
             **ids, video_key=keys["video.mp4"], poster_key=keys["poster.png"], metadata_key=keys["metadata.json"],
             sha256=sha256, width=job.width, height=job.height, frames=int(frames.shape[0]), device=device,
@@ -251,14 +259,15 @@ def run_job(deps: Deps, job: JobDocument, claim: Claim, *, device: str, pipeline
     except Exception as exc:
         # A bad recipe or a model that is not there fails the same way every time.
         claim.report(GenerationFailed(**ids, reason=_failure_reason(exc, device),
-                                      retryable=not isinstance(exc, (InvalidInput, ModelNotFound)),
+                                      retryable=not isinstance(exc, (InvalidInput, ModelNotFound, ModelChanged)),
                                       held_seconds=round(time.monotonic() - held_since, 3), **worker), final=True)
         raise
 
 
-def _compare(s3, bucket: str, job: JobDocument, frames) -> dict:
+def _compare(s3, bucket: str, job: JobDocument, frames, *, tag: bool) -> dict:
     """SSIM and PSNR against the source segment, and the side-by-side image, written to S3; or,
     when the source's video is gone, why there is no score."""
+    from shared.adapters.storage import put_media
     from shared.domain import similarity
     from shared.media.video import decode_video
 
@@ -270,5 +279,5 @@ def _compare(s3, bucket: str, job: JobDocument, frames) -> dict:
     source = decode_video(source_video)
     ssim, psnr = similarity.compare(source, frames)
     key = job.output_prefix + "comparison.png"
-    s3.put_object(Bucket=bucket, Key=key, Body=similarity.side_by_side_png(source, frames), ContentType="image/png")
+    put_media(s3, bucket, key, similarity.side_by_side_png(source, frames), "image/png", tag=tag)
     return {"ssim": round(ssim, 4), "psnr": round(psnr, 2), "comparison_key": key}

@@ -19,7 +19,7 @@ COPY functions functions
 COPY infra infra
 RUN /opt/tierflow/bin/pip install .
 
-# Models come from a mounted directory or a hub id (TIERFLOW_MODEL or the job's recipe).
+# Models come from a mounted directory or a hub id, as the job's catalogue entry names them.
 USER 10001
 ENV PATH=/opt/tierflow/bin:$PATH HF_HOME=/home/worker/.cache/huggingface
 ENTRYPOINT ["tierflow"]

@@ -20,7 +20,7 @@ $$;
 
 REVOKE ALL ON ALL TABLES IN SCHEMA public FROM tierflow_worker;
 GRANT USAGE ON SCHEMA public TO tierflow_worker;
-GRANT SELECT ON schema_migrations, resolution_tiers, projects, scenes, segments, generation_jobs, workers
+GRANT SELECT ON schema_migrations, resolution_tiers, projects, scenes, segments, generation_jobs, workers, models
     TO tierflow_worker;
 GRANT INSERT, UPDATE ON generation_jobs, workers TO tierflow_worker;
 GRANT DELETE ON workers TO tierflow_worker;

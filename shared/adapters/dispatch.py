@@ -60,6 +60,7 @@ def worker_environment(deps) -> dict[str, str]:
         "TIERFLOW_WORKER_CACHE_MODELS": str(settings.worker_cache_models),
         "TIERFLOW_AFFINITY_MAX_WAIT_SECONDS": str(settings.affinity_max_wait_seconds),
         "TIERFLOW_SIMILARITY_THRESHOLD": str(settings.similarity_threshold),
+        "TIERFLOW_TAG_DRAFT_MEDIA": str(settings.tag_draft_media).lower(),
     }
     if settings.s3_endpoint_url:
         env["TIERFLOW_S3_ENDPOINT_URL"] = settings.s3_endpoint_url

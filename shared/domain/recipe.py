@@ -1,7 +1,7 @@
 """The recipe: everything that shapes a segment's frames except its size, identical at every tier.
 
 Its fields are `events.Recipe`'s (prompt, negative prompt, seed, frames, fps, steps, guidance,
-model, scheduler), stored as columns of `segments`. A scene's recipe hash covers its aspect
+model and its pin, scheduler), stored as columns of `segments`. A scene's recipe hash covers its aspect
 ratio and every segment's recipe but never the size, so two scenes with equal hashes differ only
 in resolution.
 """
@@ -43,15 +43,19 @@ def recipe_of(row) -> Recipe:
 
 def recipe_hash(aspect: AspectRatio, recipes: list[Recipe]) -> str:
     """Hash of everything that shapes a scene's frames except its size (and so its tier)."""
+    # A recipe made before the model catalogue has no pin; leaving the field out keeps its hash.
     canonical = json.dumps(
-        {"aspect": str(aspect), "segments": [r.model_dump(mode="json") for r in recipes]},
+        {"aspect": str(aspect),
+         "segments": [r.model_dump(mode="json", exclude={"model_pin"} if r.model_pin is None else None)
+                      for r in recipes]},
         sort_keys=True, separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def build_recipes(segments: list[SegmentSpec], model: str) -> list[Recipe]:
-    """Validate every segment (all problems in one message) and fill defaults and seeds."""
+def build_recipes(segments: list[SegmentSpec], model: str, model_pin: str | None = None) -> list[Recipe]:
+    """Validate every segment (all problems in one message) and fill defaults and seeds; every
+    segment runs catalogue model `model` at `model_pin`."""
     if not segments:
         raise InvalidInput("a scene needs at least one segment: give --prompt TEXT (or a spec file with segments)")
     if len(segments) > MAX_SEGMENTS:
@@ -59,7 +63,7 @@ def build_recipes(segments: list[SegmentSpec], model: str) -> list[Recipe]:
     recipes, problems = [], []
     for position, spec in enumerate(segments):
         values = {k: v for k, v in vars(spec).items() if v is not None}
-        values = {**SEGMENT_DEFAULTS, **values, "model": model}
+        values = {**SEGMENT_DEFAULTS, **values, "model": model, "model_pin": model_pin}
         values.setdefault("seed", secrets.randbelow(MAX_SEED + 1))
         try:
             recipes.append(validated(Recipe, values, what=f"segment {position + 1}"))

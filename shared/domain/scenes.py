@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 
 from events import SceneApproved
-from shared.domain import lifecycle, limits, tiers
+from shared.domain import catalogue, lifecycle, limits, tiers
 from shared.domain.dimensions import AspectRatio, parse_aspect
 from shared.domain.recipe import RECIPE_FIELDS, SegmentSpec, build_recipes, recipe_hash, recipe_of
 from shared.errors import Conflict, InvalidInput, NotFound
@@ -79,7 +79,7 @@ def submit_scene(
     role: str | None = None,
 ) -> int:
     """Validate everything, then create the scene and queue its jobs; nothing is written on error.
-    `deps.resolve_model` names the model (the configured one when `model` is None) or refuses it.
+    `model` names a catalogue model (None: `deps.default_model()`); anything else is refused.
     The project's cost bounds (shared.domain.limits) hold; `role` is the caller's API key role
     (None: the operator)."""
     # 1. validate everything that needs no database
@@ -91,10 +91,11 @@ def submit_scene(
     if problems:
         raise InvalidInput("; ".join(problems))
     parsed_aspect = parse_aspect(aspect)
-    model = deps.resolve_model(model)
-    recipes = build_recipes(segments, model)
-    # 2. tier (default: whichever is default now) and size, then write it all in one transaction
+    model = model or deps.default_model()
+    # 2. model, tier (default: whichever is default now) and size, then write it all in one transaction
     with deps.uow() as uow:
+        entry = catalogue.for_submission(uow.conn, model)
+        recipes = build_recipes(segments, entry["name"], entry["pin"])
         chosen = tiers.get_tier(uow.conn, tier) if tier else tiers.default_tier(uow.conn)
         chosen.size_for(parsed_aspect)  # refuses an aspect too extreme for the tier before writing
         limits.check_submission(uow.conn, project.strip(), recipes, chosen, role)
@@ -271,12 +272,24 @@ def lineage(conn: psycopg.Connection, scene_id: int) -> list[int]:
     return [r["id"] for r in rows]
 
 
+def scene_media_keys(conn: psycopg.Connection, scene_id: int) -> list[str]:
+    """The S3 keys of a scene's media: each segment's latest succeeded attempt's files and its
+    comparison image."""
+    rows = conn.execute(
+        f"""SELECT j.video_key, j.poster_key, j.metadata_key, g.comparison_key
+            FROM segments g {latest_attempt(succeeded=True)} WHERE g.scene_id = %s ORDER BY g.position""",
+        [scene_id]).fetchall()
+    return [key for row in rows for key in row.values() if key]
+
+
 def job_document(conn: psycopg.Connection, job_id: int) -> dict:
     """Everything a worker needs to run one job, so that it reads nothing from the database."""
     row = conn.execute(
-        """SELECT j.id AS job_id, j.attempt, g.*, s.width, s.height, t.name AS tier, t.quality_settings
+        """SELECT j.id AS job_id, j.attempt, g.*, s.width, s.height, t.name AS tier, t.quality_settings,
+                  m.source AS model_source
            FROM generation_jobs j JOIN segments g ON g.id = j.segment_id JOIN scenes s ON s.id = g.scene_id
            JOIN resolution_tiers t ON t.id = s.resolution_tier_id
+           LEFT JOIN models m ON m.name = g.model AND m.pin = g.model_pin
            WHERE j.id = %s""",
         [job_id],
     ).fetchone()
@@ -292,6 +305,8 @@ def job_document(conn: psycopg.Connection, job_id: int) -> dict:
         "job_id": row["job_id"], "scene_id": row["scene_id"], "segment_id": row["id"],
         "attempt": row["attempt"], "tier": row["tier"], "width": row["width"], "height": row["height"],
         "recipe": recipe_of(row).model_dump(mode="json"),
+        # A recipe made before the catalogue names its source as its model.
+        "model_source": row["model_source"] if row["model_pin"] else row["model"],
         "quality_settings": row["quality_settings"],
         "output_prefix": job_prefix(row["tier"], row["scene_id"], row["position"], row["job_id"]),
         "compare_with": dict(source) if source else None,

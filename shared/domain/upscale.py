@@ -2,15 +2,16 @@
 
 Not super-resolution: the target scene is a new scene at the target tier, linked to its source
 (`upscaled_from_scene_id`), with the same aspect ratio and segments with the same prompts,
-seeds, frames, fps, steps, guidance, model and scheduler. Only the size changes, so the recipe
-hashes are equal. One target per source and tier: the database refuses a second one, so a
+seeds, frames, fps, steps, guidance, scheduler and model, at the weights it was pinned to (a
+source whose model left the catalogue or changed pin is refused). Only the size changes, so
+the recipe hashes are equal. One target per source and tier: the database refuses a second one, so a
 repeated, redelivered or concurrent request returns the first.
 """
 
 import psycopg
 
 from events import Event, UpscaleCompleted, UpscaleFailed, UpscaleProgress, UpscaleRequested
-from shared.domain import lifecycle, limits, tiers
+from shared.domain import catalogue, lifecycle, limits, tiers
 from shared.domain.dimensions import AspectRatio
 from shared.domain.recipe import recipe_of
 from shared.domain.scenes import create_scene, latest_attempt, scene_row
@@ -47,6 +48,8 @@ def upscale_scene(conn: psycopg.Connection, emit, scene_id: int, target_tier: st
     # 2. the identical recipe, segment by segment
     segments = conn.execute("SELECT * FROM segments WHERE scene_id = %s ORDER BY position", [scene_id]).fetchall()
     recipes = [recipe_of(segment) for segment in segments]
+    for model, pin in sorted({(r.model, r.model_pin or "") for r in recipes}):
+        catalogue.check_still_pinned(conn, scene_id, model, pin or None)
     aspect = AspectRatio(source["aspect_width"], source["aspect_height"])
     # 3. the target scene and its jobs; the unique index is the final word on "one target"
     with conn.transaction():

@@ -17,11 +17,13 @@ from shared.domain.dimensions import SIZE_STEP
 from shared.errors import InvalidInput, TierflowError
 from shared.media.models import (
     HOW_TO_GET_A_MODEL,
+    HUB_ID,
     ModelNotFound,
     ModelUnreachable,
-    local_pipeline_dir,
+    check_pin,
+    hub_refused,
     not_a_pipeline,
-    validate_model,
+    pipeline_directory,
 )
 
 
@@ -75,23 +77,34 @@ def _dtype_argument() -> str:
     return "dtype" if Version(diffusers.__version__) >= Version("0.42") else "torch_dtype"
 
 
-def load_pipeline(model: str, device: str, *, threads: int | None = None):
-    """Load a diffusers pipeline from a local directory or a hub id onto `device`.
+def load_pipeline(source: str, device: str, *, pin: str | None = None, name: str | None = None,
+                  threads: int | None = None):
+    """Load a model from `source` (a directory or a hub id) onto `device`, as `pin` pins it.
 
-    Half precision on CUDA, full precision on CPU (where half is slow or unsupported). On CPU
-    torch uses `threads` threads, by default every CPU this process may use; give fewer when
-    several workers share the machine. Raises ModelNotFound with what to do when there is no
-    pipeline to load, ModelUnreachable when a hub model could not be fetched (a retry may).
+    A directory's files must still hash to `pin` (ModelChanged otherwise); a hub model is loaded
+    at its pinned commit. Without a pin (a recipe made before the catalogue, a benchmark) the
+    source is loaded as it is. `name` is the catalogue name, for messages. Only safetensors
+    weights are loaded, and no code from the model. Half precision on CUDA, full on CPU, where
+    torch uses `threads` threads (default: every CPU this process may use; give fewer when
+    several workers share the machine). Raises ModelNotFound
+    with what to do when there is no pipeline to load, ModelUnreachable when a hub model could
+    not be fetched (a retry may).
     """
     import torch
     from diffusers import DiffusionPipeline
 
-    # 1. find it
+    # 1. find it, as pinned
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InvalidInput(f"threads {threads!r} must be a whole number of at least 1")
-    validate_model(model)
-    local = local_pipeline_dir(model)
-    source = str(local) if local else model
+    name = name or source
+    if pin is not None:
+        local = check_pin(name, source, pin)
+    else:
+        local = pipeline_directory(source)
+        if local is None and not HUB_ID.fullmatch(source):
+            raise not_a_pipeline(source, Path(source).expanduser().absolute(),
+                                 "no such directory, and not an org/name hub id")
+    revision = {} if local or pin is None else {"revision": pin}
 
     # 2. load it
     quiet_progress_bars()
@@ -99,36 +112,24 @@ def load_pipeline(model: str, device: str, *, threads: int | None = None):
         torch.set_num_threads(threads or _cpu_threads())
     dtype = getattr(torch, device_dtype(device))
     try:
-        pipeline = DiffusionPipeline.from_pretrained(source, **{_dtype_argument(): dtype})
+        pipeline = DiffusionPipeline.from_pretrained(
+            str(local or source), **revision, use_safetensors=True, trust_remote_code=False,
+            **{_dtype_argument(): dtype})
     except OSError as exc:  # huggingface_hub's HTTP and cache errors are OSErrors too
         if local:
-            raise not_a_pipeline(model, local, f"it is incomplete or unreadable: {exc}") from exc
-        if _hub_refused(exc):
+            raise not_a_pipeline(source, local, f"it is incomplete or unreadable: {exc}") from exc
+        if hub_refused(exc):
             raise ModelNotFound(
-                f"model {model!r} not found: it is not a local directory and the Hugging Face Hub has no such "
-                f"model, or not for this account ({exc}); {HOW_TO_GET_A_MODEL}"
+                f"model {name!r} ({source}) not found: the Hugging Face Hub has no such model at its pinned "
+                f"revision, or not for this account ({exc}); {HOW_TO_GET_A_MODEL}"
             ) from exc
         raise ModelUnreachable(
-            f"model {model!r} not found locally and could not be fetched: it is not in the local cache and the "
+            f"model {name!r} ({source}) not found locally and could not be fetched: it is not in the local cache and the "
             f"Hugging Face Hub did not answer ({exc}); a later attempt tries again"
         ) from exc
     pipeline = pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
-
-
-def _hub_refused(exc: BaseException | None) -> bool:
-    """The Hub answered that the model (or a file of it) is not there for us, somewhere in the
-    chain of causes diffusers wraps it in; not a connection failure or a cache miss offline."""
-    from huggingface_hub import errors
-
-    refused = (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.DisabledRepoError)
-    while exc is not None:
-        if isinstance(exc, refused) or (
-                isinstance(exc, errors.EntryNotFoundError) and not isinstance(exc, errors.LocalEntryNotFoundError)):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def _render_problems(prompt, seed, frames, steps, guidance, width, height) -> list[str]:

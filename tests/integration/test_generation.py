@@ -3,6 +3,7 @@ offline once per session, saved, and loaded back with `from_pretrained` like any
 
 import hashlib
 import io
+import re
 
 import numpy as np
 import pytest
@@ -189,7 +190,7 @@ def test_loading_a_missing_directory_says_what_to_do(tmp_path):
     message = str(caught.value)
     assert isinstance(caught.value, NotFound)
     assert f"model '{missing}' not found: no diffusers pipeline at {missing}" in message
-    assert "`tierflow model tiny DIR`" in message and "hub id" in message
+    assert "`tierflow models tiny DIR`" in message and "hub id" in message
 
 
 def test_loading_a_directory_without_model_index_says_so(tmp_path):
@@ -197,12 +198,15 @@ def test_loading_a_directory_without_model_index_says_so(tmp_path):
         media_pipeline.load_pipeline(str(tmp_path), "cpu")
 
 
-def test_validate_model_accepts_pipeline_directories_and_hub_ids(tiny_model, tmp_path):
-    models.validate_model(str(tiny_model))
-    models.validate_model("org/name")
-    for refused in ("/nope", "no spaces allowed", str(tmp_path), ""):
+def test_pinning_takes_pipeline_directories_and_refuses_what_is_none(tiny_model, tmp_path):
+    pinned = models.pin_model(str(tiny_model))
+    assert pinned == models.PinnedModel(str(tiny_model), None, models.directory_pin(tiny_model))
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", pinned.pin)
+    for refused in ("/nope", "no spaces allowed", str(tmp_path)):
         with pytest.raises(models.ModelNotFound):
-            models.validate_model(refused)
+            models.pin_model(refused)
+    with pytest.raises(InvalidInput, match="no model source given"):
+        models.pin_model("")
 
 
 def test_building_twice_gives_identical_weights(tiny_model, tmp_path):

@@ -61,12 +61,14 @@ WRITES = [  # (method, path, body, the least role that may)
     ("post", "/api/scenes/1/upscale", {"target_tier": "production"}, "artist"),
     ("post", "/api/deliveries", {"project": "studio", "scene_ids": [1]}, "artist"),
     ("post", "/api/deliveries/preflight", {"project": "studio", "scene_ids": [1]}, "artist"),
+    ("post", "/api/models", {"name": "sdxl", "source": "org/name"}, "admin"),
+    ("delete", "/api/models/tiny", None, "admin"),
 ]
 
 
 @pytest.mark.parametrize("method,path,body,least", WRITES, ids=[f"{m} {p}" for m, p, _, _ in WRITES])
 def test_a_role_below_the_one_needed_is_refused_and_nothing_changes(client, conn, method, path, body, least):
-    before = {t: _count(conn, t) for t in ("resolution_tiers", "scenes", "outbox", "deliveries")}
+    before = {t: _count(conn, t) for t in ("resolution_tiers", "scenes", "outbox", "deliveries", "models")}
     for role in ("viewer", "artist"):
         if role == least:
             break

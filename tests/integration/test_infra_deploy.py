@@ -27,7 +27,8 @@ def test_deploy_creates_everything_once_and_then_changes_nothing(moto_server, ru
 
     # What was made, read back from the server.
     rules = s3.get_bucket_lifecycle_configuration(Bucket="tierflow-media")["Rules"]
-    assert [(r["Filter"]["Prefix"], r["Expiration"]["Days"]) for r in rules] == [("media/draft/", 14)]
+    assert [(r["Filter"], r["Expiration"]["Days"]) for r in rules] == [(
+        {"And": {"Prefix": "media/draft/", "Tags": [{"Key": "tierflow-retention", "Value": "expire"}]}}, 14)]
     assert all(s3.get_public_access_block(Bucket="tierflow-media")["PublicAccessBlockConfiguration"].values())
     secrets = boto3.client("secretsmanager", endpoint_url=moto_server, region_name="us-east-1")
     assert secrets.get_secret_value(SecretId="tierflow/database-url")["SecretString"] == env["TIERFLOW_DATABASE_URL"]

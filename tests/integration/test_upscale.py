@@ -1,6 +1,7 @@
 """Upscaling end to end: approval, automatic and one-click re-generation at a higher tier,
 lineage, similarity, refusals, idempotency and retries — real Postgres, S3 and diffusers."""
 
+import hashlib
 import io
 import json
 import threading
@@ -8,12 +9,13 @@ import threading
 import pytest
 from PIL import Image
 
+from infra import embedded
 from shared.bootstrap import Deps
 from shared.domain import scenes, upscale
 from shared.domain.recipe import SegmentSpec
 from shared.errors import Conflict, NotFound
 from shared.runtime.drive import approval_settled
-from tests.conftest import run_until, wait_for_scene
+from tests.conftest import generation_deps, run_until, wait_for_scene
 
 pytestmark = pytest.mark.integration
 
@@ -188,6 +190,49 @@ def test_cli_upscale_approve_and_show(gen_deps, run_cli, database_url, tiny_mode
 
     shown = run_cli("scenes", "show", str(target["target_scene_id"]), env=env)
     assert f"lineage: {draft_id} draft 512×288" in shown.stdout and "preview 768×432" in shown.stdout
+
+
+def _retention_tags(deps, keys: list[str]) -> list[str | None]:
+    tags = [{t["Key"]: t["Value"] for t in deps.s3.get_object_tagging(Bucket=deps.bucket, Key=key)["TagSet"]}
+            for key in keys]
+    return [t.get("tierflow-retention") for t in tags]
+
+
+def test_draft_media_expire_unless_their_scene_is_approved(database_url, tmp_path, tiny_model, moto_server, conn):
+    """The bucket's lifecycle rule expires media/draft/ objects tagged expire (test_infra_deploy).
+    On moto's S3: the embedded rclone server stores no tags, so Tierflow tags nothing there."""
+    home = tmp_path / "home"
+    deps = generation_deps(database_url, home, tiny_model, s3_endpoint_url=moto_server)
+    try:
+        approved, other = _generated_draft(deps), _generated_draft(deps, project="other")
+        keys = {scene_id: scenes.scene_media_keys(conn, scene_id) for scene_id in (approved, other)}
+        assert len(keys[approved]) == 6 and all(k.startswith("media/draft/") for k in keys[approved])  # 2 × 3 files
+        assert _retention_tags(deps, keys[approved] + keys[other]) == ["expire"] * 12
+
+        assert _approve_and_follow(deps, approved) is None  # no auto-upscale policy here
+        assert _retention_tags(deps, keys[approved]) == ["keep"] * 6
+        assert _retention_tags(deps, keys[other]) == ["expire"] * 6
+        target = wait_for_scene(deps, upscale.request_upscale(deps, approved, "preview"))
+        preview_keys = scenes.scene_media_keys(conn, target["scene_id"])
+        assert len(preview_keys) == 8 and _retention_tags(deps, preview_keys) == [None] * 8  # only Draft expires
+
+        # A file already gone (expired, deleted) does not stop the approval of the rest.
+        deps.s3.delete_object(Bucket=deps.bucket, Key=keys[other][0])
+        _approve_and_follow(deps, other)
+        assert scenes.get_scene(conn, other)["status"] == "approved"
+        assert _retention_tags(deps, keys[other][1:]) == ["keep"] * 5
+    finally:
+        deps.close()
+        embedded.stop(home)
+
+
+def test_the_embedded_s3_server_gets_no_tags_which_it_would_write_over_the_object(gen_deps, conn):
+    scene_id = _generated_draft(gen_deps)
+    assert not gen_deps.settings.tags_media
+    _approve_and_follow(gen_deps, scene_id)
+    for segment in scenes.get_scene(conn, scene_id)["segments"]:
+        video = gen_deps.s3.get_object(Bucket=gen_deps.bucket, Key=segment["outputs"]["video"])["Body"].read()
+        assert hashlib.sha256(video).hexdigest() == segment["outputs"]["sha256"]
 
 
 def test_an_upscale_whose_source_media_is_gone_still_renders_and_says_why_it_has_no_score(gen_deps, conn):

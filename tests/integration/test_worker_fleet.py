@@ -81,7 +81,7 @@ def test_a_six_segment_draft_is_generated_by_one_warm_worker(run_cli, database_u
         listed = json.loads(run_cli("workers", "list", "--all", "--json", env=env).stdout)
         assert [(w["worker_id"], w["jobs_done"], w["state"]) for w in listed] == [(jobs[0]["worker_id"], 6, "stopped")]
         assert listed[0]["busy_seconds"] >= sum(job["held_seconds"] for job in jobs) - 0.1
-        assert listed[0]["cached_models"] == [tiny_model]
+        assert listed[0]["cached_models"] == ["tiny"]  # catalogue names
     finally:
         embedded.stop(tmp_path / "home")
 

@@ -168,16 +168,16 @@ def test_a_hub_model_that_cannot_be_fetched_is_retried_but_one_the_hub_refuses_i
     import httpx2
     from huggingface_hub import errors
 
-    from shared.media.pipeline import _hub_refused
+    from shared.media.models import hub_refused
 
     request = httpx2.Request("GET", "https://huggingface.co/api/models/org/name")
     missing = errors.RepositoryNotFoundError("404: no such repository", response=httpx2.Response(404, request=request))
     try:
         raise OSError("org/name is not a valid model identifier") from missing
     except OSError as wrapped:
-        assert _hub_refused(wrapped)
+        assert hub_refused(wrapped)
     try:
         raise OSError("not fully cached locally") from ConnectionError("Name or service not known")
     except OSError as offline:
-        assert not _hub_refused(offline)
-    assert not _hub_refused(errors.LocalEntryNotFoundError("offline and not in the cache"))
+        assert not hub_refused(offline)
+    assert not hub_refused(errors.LocalEntryNotFoundError("offline and not in the cache"))

@@ -53,12 +53,13 @@ def test_the_api_serves_from_its_own_image_behind_a_streaming_function_url():
     assert 'CMD ["tierflow", "serve", "--api-only", "--host", "0.0.0.0", "--port", "8080"]' in dockerfile
 
 
-def test_the_media_bucket_is_private_encrypted_and_expires_drafts():
+def test_the_media_bucket_is_private_encrypted_and_expires_unapproved_drafts():
     bucket = _template()["Resources"]["MediaBucket"]["Properties"]
     assert all(bucket["PublicAccessBlockConfiguration"].values())
     assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
     [rule] = bucket["LifecycleConfiguration"]["Rules"]
     assert rule["Prefix"] == "media/draft/" and rule["ExpirationInDays"] == "DraftRetentionDays"
+    assert rule["TagFilters"] == [{"Key": "tierflow-retention", "Value": "expire"}]  # approved: "keep"
 
 
 def test_cfn_lint_passes():
