@@ -5,6 +5,7 @@ it raises InvalidEvent with a one-line message, which the consumer puts on the d
 """
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
@@ -13,7 +14,7 @@ from events.envelope import CloudEvent
 from events.errors import InvalidEvent, validated
 from events.models import EVENT_TYPES, Event
 from events.schemas import schema_id
-from events.topics import unknown_type_message
+from events.topics import CONTENT_TYPE_HEADER, STRUCTURED_CONTENT_TYPE, unknown_type_message
 
 
 def envelope_for(
@@ -33,6 +34,9 @@ def envelope_for(
         "data": event.model_dump(mode="json"),
     }
     return validated(CloudEvent, attributes, what=f"invalid {event.type} event")
+
+
+CE_HEADER_PREFIX = "ce_"
 
 
 def _reject_constant(name: str) -> Any:
@@ -76,10 +80,53 @@ def _kind(value: Any) -> str:
     return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
-def parse_event(raw: bytes | str | dict) -> tuple[CloudEvent, Event]:
-    """Check a message and return its envelope and typed event; InvalidEvent for any problem."""
+Headers = Sequence[tuple[str, bytes | None]]
+
+
+def _from_headers(raw: Any, headers: Headers) -> Any:
+    """The CloudEvent of a Kafka message as one document, by the CloudEvents Kafka binding: a
+    structured-mode value as it is; a binary-mode event (a `ce_specversion` header) built from
+    its `ce_*` headers, `content-type` as its datacontenttype and the value, strict JSON, as its
+    data. A message with neither header is structured (what Tierflow produced before it set
+    content-type).
+
+    Not the `cloudevents` SDK's `from_binary`: it decodes the data with a lenient json.loads
+    (duplicate keys, NaN) and adds the message key as an attribute; the data must go through
+    the same strict decoder as a structured event.
+    """
+    named: dict[str, str] = {}
+    for name, value in headers:
+        name = name.lower()
+        if name != CONTENT_TYPE_HEADER and not name.startswith(CE_HEADER_PREFIX):
+            continue  # dlq.* and others are the transport's, not the event's
+        if name in named:
+            raise InvalidEvent(f"header {name[:60]!r} appears twice in one message")
+        try:
+            named[name] = (value or b"").decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidEvent(f"header {name[:60]!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    content_type = named.pop(CONTENT_TYPE_HEADER, "")
+    if content_type.startswith("application/cloudevents"):
+        if content_type.split(";")[0].strip() != STRUCTURED_CONTENT_TYPE:
+            raise InvalidEvent(f"content-type {content_type[:80]!r}: only single events in JSON "
+                               f"({STRUCTURED_CONTENT_TYPE}) are read in structured mode")
+        return raw
+    if f"{CE_HEADER_PREFIX}specversion" not in named:
+        return raw
+    media_type = content_type.split(";")[0].strip()
+    if media_type not in ("", "application/json"):
+        raise InvalidEvent(f"binary-mode event with content-type {content_type[:80]!r}: its data must be "
+                           "application/json")
+    document = {name.removeprefix(CE_HEADER_PREFIX): value for name, value in named.items()}
+    document["data"] = _decode(raw)
+    return document
+
+
+def parse_event(raw: bytes | str | dict, headers: Headers = ()) -> tuple[CloudEvent, Event]:
+    """Check a message (with its Kafka headers, if any) and return its envelope and typed event;
+    InvalidEvent for any problem."""
     # 1. JSON, and an object
-    document = _decode(raw)
+    document = _decode(_from_headers(raw, headers))
     if not isinstance(document, dict):
         raise InvalidEvent(f"not a CloudEvent: expected a JSON object, got {_kind(document)}")
 

@@ -1,7 +1,10 @@
 """Kafka topics: one per event type, named exactly like the type (`scene.approved`).
 
-Conventions every producer and consumer follows:
-- the message value is the CloudEvent in structured JSON mode (`CloudEvent.to_json()`);
+Conventions every producer and consumer follows (the CloudEvents Kafka protocol binding):
+- Tierflow produces the CloudEvent in structured JSON mode: the value is `CloudEvent.to_json()`
+  and the `content-type` header says `application/cloudevents+json` (STRUCTURED_HEADERS);
+- its consumers also read binary mode from other producers: the attributes in `ce_*` headers,
+  `content-type` the data's, the value the data (`events.codec.parse_event`);
 - the message key is the CloudEvents `subject` (the scene, source scene or delivery id as a
   string), so all events about one thing land on one partition, in order;
 - a message that fails `parse_event` (or keeps failing after retries) is dead-lettered to
@@ -20,6 +23,9 @@ DLQ_REASON_HEADER = "dlq.reason"
 DLQ_TOPIC_HEADER = "dlq.topic"
 DLQ_PARTITION_HEADER = "dlq.partition"
 DLQ_OFFSET_HEADER = "dlq.offset"
+CONTENT_TYPE_HEADER = "content-type"
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+STRUCTURED_HEADERS: list[tuple[str, bytes]] = [(CONTENT_TYPE_HEADER, STRUCTURED_CONTENT_TYPE.encode())]
 
 
 def unknown_type_message(event_type: object) -> str:

@@ -40,10 +40,13 @@ def kafka_messages(event: dict) -> list[Message]:
             try:
                 value = base64.b64decode(record.get("value") or "", validate=True)
                 key = base64.b64decode(record["key"], validate=True) if record.get("key") else None
-            except (binascii.Error, ValueError):
-                value, key = b"", None  # undecodable: parse_event dead-letters it with a reason
-            messages.append(
-                Message(record["topic"], value, key, partition=int(record["partition"]), offset=int(record["offset"])))
+                # [{"name": [byte, …]}, …], as the event source map passes Kafka headers.
+                headers = tuple((name, bytes(data)) for header in record.get("headers") or ()
+                                for name, data in header.items())
+            except (binascii.Error, ValueError, TypeError, AttributeError):
+                value, key, headers = b"", None, ()  # undecodable: parse_event dead-letters it with a reason
+            messages.append(Message(record["topic"], value, key, headers=headers, partition=int(record["partition"]),
+                                    offset=int(record["offset"])))
     return messages
 
 

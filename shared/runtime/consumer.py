@@ -48,6 +48,9 @@ class Message:
     topic: str
     value: bytes
     key: bytes | None = None
+    # Kafka and Lambda: (name, value) as the record carries them; a binary-mode CloudEvent's
+    # attributes are there (events.codec.parse_event).
+    headers: tuple[tuple[str, bytes | None], ...] = ()
     partition: int | None = None  # Kafka and Lambda
     offset: int | None = None  # Kafka and Lambda
     outbox_id: int | None = None  # embedded bus
@@ -121,7 +124,7 @@ def apply_batch(
     # 1. parse at the edge: a bad payload is dead at once and never blocks the rest
     for message in messages:
         try:
-            cloud_event, event = parse_event(message.value)
+            cloud_event, event = parse_event(message.value, message.headers)
             if cloud_event.type not in function.consumes:
                 raise InvalidEvent(
                     f"{function.name} does not take {cloud_event.type} events "

@@ -11,7 +11,14 @@ from collections.abc import Sequence
 import psycopg
 
 from events import ALL_TOPICS, dlq_topic
-from events.topics import DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC_HEADER, dlq_headers
+from events.topics import (
+    DLQ_OFFSET_HEADER,
+    DLQ_PARTITION_HEADER,
+    DLQ_REASON_HEADER,
+    DLQ_TOPIC_HEADER,
+    STRUCTURED_HEADERS,
+    dlq_headers,
+)
 from shared.runtime.consumer import Message
 
 # Besides the standard dead-letter headers (events.topics): which function gave up on it.
@@ -36,12 +43,21 @@ def record_on_bus(conn: psycopg.Connection, consumer_name: str, dead: Sequence[t
         )
 
 
+def _event_headers(headers) -> list[tuple[str, bytes]]:
+    """A message's headers without the dead-letter ones: what it was sent with. A message that
+    had none (Tierflow's before it set content-type) is structured mode, and now says so."""
+    kept = [(name, value) for name, value in headers if not name.startswith("dlq.")]
+    return kept or STRUCTURED_HEADERS
+
+
 def send_to_kafka(producer, consumer_name: str, dead: Sequence[tuple[Message, str]]) -> None:
     """Publish each dead message to `<topic>.dlq` and wait for the acknowledgements."""
     futures = [
         producer.send(
             dlq_topic(message.topic), key=message.key, value=message.value,
-            headers=[*dlq_headers(reason, topic=message.topic, partition=message.partition, offset=message.offset),
+            # The message's own headers stay: a binary-mode event's attributes are there.
+            headers=[*_event_headers(message.headers),
+                     *dlq_headers(reason, topic=message.topic, partition=message.partition, offset=message.offset),
                      (DLQ_CONSUMER_HEADER, consumer_name.encode())],
         )
         for message, reason in dead
@@ -105,7 +121,8 @@ def on_kafka(deps, replay: bool) -> list[dict]:
         records = list(consumer)
         if replay and records:
             for record in records:
-                producer.send(record.topic.removesuffix(".dlq"), key=record.key, value=record.value)
+                producer.send(record.topic.removesuffix(".dlq"), key=record.key, value=record.value,
+                              headers=_event_headers(record.headers or ()))
             producer.flush()
             consumer.commit()
         return [decoded(r) for r in records]

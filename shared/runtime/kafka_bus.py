@@ -25,6 +25,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from events import ALL_TOPICS, dlq_topic
+from events.topics import STRUCTURED_HEADERS
 from shared.runtime.consumer import Function, Message, Outcome, RetryPolicy, apply_batch, retry_policy
 from shared.runtime.dead_letters import send_to_kafka
 from shared.runtime.outbox import lock_unsent, mark_sent
@@ -85,7 +86,9 @@ def relay_to_kafka(conn: psycopg.Connection, producer: KafkaProducer, limit: int
         if not rows:
             return 0
         futures = [
-            producer.send(r["topic"], key=r["message_key"].encode(), value=r["payload"].encode()) for r in rows
+            producer.send(r["topic"], key=r["message_key"].encode(), value=r["payload"].encode(),
+                          headers=STRUCTURED_HEADERS)
+            for r in rows
         ]
         producer.flush(timeout=timeout)
         for future in futures:
@@ -161,7 +164,8 @@ class KafkaFunctionRunner:
 
     def _apply(self, conn, batch: dict[TopicPartition, list]) -> Outcome:
         messages = [
-            Message(r.topic, r.value if r.value is not None else b"", r.key, partition=r.partition, offset=r.offset)
+            Message(r.topic, r.value if r.value is not None else b"", r.key, headers=tuple(r.headers or ()),
+                    partition=r.partition, offset=r.offset)
             for records in batch.values() for r in records
         ]
         # 1. effects and processed_events, one transaction for the whole batch

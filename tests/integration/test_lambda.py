@@ -114,6 +114,20 @@ def test_the_handler_the_template_names_is_wired_to_the_function(lambda_env, con
     assert conn.execute("SELECT status FROM scenes WHERE id = %s", [scene]).fetchone()["status"] == "approved"
 
 
+def test_a_binary_mode_record_is_read_from_its_headers(lambda_env, conn):
+    scene = make_scene(conn)
+    record = _record("scene.approved", 0, 1, json.dumps({"scene_id": scene}).encode(), key=str(scene).encode())
+    record["headers"] = [{name: list(value)} for name, value in [
+        ("ce_specversion", b"1.0"), ("ce_id", b"from-ftrack-1"), ("ce_source", b"urn:ftrack"),
+        ("ce_type", b"scene.approved"), ("ce_subject", str(scene).encode()), ("ce_time", b"2026-12-02T03:00:00Z"),
+        ("content-type", b"application/json")]]
+    payload = {"eventSource": "SelfManagedKafka", "records": {"scene.approved-0": [record]}}
+    handler = lambda_entry.lambda_entrypoint(on_scene_approved.FUNCTION)  # a new container: this test's database
+    assert handler(payload, _Context()) == {"batchItemFailures": []}
+    assert conn.execute("SELECT status FROM scenes WHERE id = %s", [scene]).fetchone()["status"] == "approved"
+    assert conn.execute("SELECT 1 FROM processed_events WHERE event_id = 'from-ftrack-1'").fetchone()
+
+
 def test_a_payload_that_is_not_from_kafka_is_refused(lambda_env):
     from events import InvalidEvent
 

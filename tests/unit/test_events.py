@@ -6,6 +6,7 @@ accepts, and what it rejects, the consumer rejects. Most tests below therefore a
 
 import copy
 import json
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta, timezone
@@ -649,3 +650,44 @@ def test_free_text_past_its_limit_is_cut_with_an_ellipsis_never_refused(build):
     assert build("x" * 2000) == "x" * 2000
     cut = build("y" * 2001 + "tail")
     assert len(cut) == 2000 and cut == "y" * 1999 + "…"
+
+
+# -- the Kafka protocol binding: structured and binary mode -----------------------------------------
+
+
+def _binary(**overrides) -> tuple[bytes, list[tuple[str, bytes]]]:
+    headers = {"ce_specversion": b"1.0", "ce_id": b"e-1", "ce_source": b"urn:studio:review-tool",
+               "ce_type": b"scene.approved", "ce_subject": b"3", "ce_time": b"2026-12-02T03:00:00Z",
+               "content-type": b"application/json", **overrides}
+    return json.dumps({"scene_id": 3}).encode(), [(k, v) for k, v in headers.items() if v is not None]
+
+
+def test_a_binary_mode_event_is_read_from_its_headers_and_its_value_as_data():
+    value, headers = _binary(ce_traceparent=b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    envelope, event = parse_event(value, headers)
+    assert (envelope.id, envelope.source, envelope.subject, event) == ("e-1", "urn:studio:review-tool", "3",
+                                                                       SceneApproved(scene_id=3))
+    assert envelope.extensions == {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    # Header names are case-insensitive, and a charset parameter is fine.
+    assert parse_event(value, [(k.upper(), v) for k, v in _binary(**{"content-type": b"application/json; "
+                                                                      b"charset=utf-8"})[1]])[1] == event
+
+
+def test_a_structured_event_reads_the_same_with_the_bindings_header_or_without_one():
+    raw = (SAMPLE_DIR / "scene.approved.json").read_bytes()
+    structured = [("content-type", b"application/cloudevents+json; charset=UTF-8"), ("dlq.reason", b"x")]
+    assert parse_event(raw, structured) == parse_event(raw)
+
+
+@pytest.mark.parametrize(("value", "headers", "message"), [
+    (None, _binary(ce_type=None)[1], "type"),
+    (None, _binary(**{"content-type": b"text/plain"})[1],
+     "binary-mode event with content-type 'text/plain': its data must be application/json"),
+    (None, [*_binary()[1], ("ce_subject", b"4")], "header 'ce_subject' appears twice in one message"),
+    (None, _binary(ce_id=b"\xff")[1], "header 'ce_id' is not UTF-8 text"),
+    (b"{\"scene_id\": 3, \"scene_id\": 4}", _binary()[1], "key 'scene_id' appears twice"),
+    (b"[]", [("content-type", b"application/cloudevents-batch+json")], "only single events in JSON"),
+])
+def test_a_bad_binary_or_structured_message_is_refused_with_the_reason(value, headers, message):
+    with pytest.raises(InvalidEvent, match=re.escape(message)):
+        parse_event(value if value is not None else _binary()[0], headers)
