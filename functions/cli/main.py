@@ -16,6 +16,7 @@ from functions.cli.parsing import Parser
 from shared.bootstrap import Deps
 from shared.config import load_settings
 from shared.errors import TierflowError
+from shared.extras import missing_extra
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TierflowError, InvalidEvent) as exc:
         print(f"tierflow: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ModuleNotFoundError as exc:
+        needs = missing_extra(exc)
+        if needs is None:
+            raise
+        print(f"tierflow {args.command}: {needs}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("tierflow: interrupted", file=sys.stderr)
         return 130

@@ -11,6 +11,7 @@ this worker's to run (not queued, or given up on while it ran).
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from infra.process import age_seconds
+from shared.extras import missing_extra
 
 JOB_FAILED, REPORT_NOT_WRITTEN, NOT_THIS_WORKERS = 3, 4, 5
 
@@ -104,6 +106,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         db.with_reconnect(lambda: deps.connect().close(), for_seconds=settings.report_retry_seconds)
     except (psycopg.OperationalError, TierflowError) as exc:
         print(f"{prog}: cannot reach the database: {exc}", file=sys.stderr)
+        return 1
+    absent = [name for name in ("torch", "diffusers", "transformers") if importlib.util.find_spec(name) is None]
+    if absent:  # before a job is claimed, which would then fail
+        print(f"{prog}: {missing_extra(ModuleNotFoundError(name=absent[0]))}", file=sys.stderr)
         return 1
     if not one_job:
         return Worker(deps, Options(concurrency=args.concurrency, exit_when_idle=args.exit_when_idle,

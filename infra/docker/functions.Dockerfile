@@ -9,9 +9,9 @@ COPY events ${LAMBDA_TASK_ROOT}/events
 COPY shared ${LAMBDA_TASK_ROOT}/shared
 COPY functions ${LAMBDA_TASK_ROOT}/functions
 COPY infra ${LAMBDA_TASK_ROOT}/infra
-# The project itself; pyproject.toml bounds its dependencies.
+# The project with its Lambda extra only (no torch, no test tools); pyproject.toml bounds them.
 # hadolint ignore=DL3013
-RUN pip install "${LAMBDA_TASK_ROOT}" --target "${LAMBDA_TASK_ROOT}"
+RUN pip install "${LAMBDA_TASK_ROOT}[aws]" --target "${LAMBDA_TASK_ROOT}"
 
 # Lambda runs the image as a non-root user of its own.
 CMD ["functions.lambda_entry.on_scene_approved"]

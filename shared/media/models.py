@@ -4,6 +4,7 @@ checked against that pin on the worker, where the weights are."""
 
 import fcntl
 import hashlib
+import importlib.util
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import InvalidInput, NotFound, ServiceUnavailable, TierflowError
+from shared.extras import missing_extra
 
 MODEL_INDEX = "model_index.json"
 # "org/name" as the Hugging Face Hub spells repository ids.
@@ -189,17 +191,24 @@ def tiny_model_directory(home: Path) -> Path:
     """The tiny model under home, built on first use (under a lock: two first submissions at once
     must not write the same files together)."""
     path = (Path(home) / "models" / "tiny").resolve()
-    if not (path / MODEL_INDEX).exists():
-        from shared.media.tiny import build_tiny_model
+    if (path / MODEL_INDEX).exists():
+        return path
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("diffusers") is None:
+        # An API host, say: it never renders, so it cannot build the model either.
+        raise ServiceUnavailable(
+            "the default model 'tiny' is not in the model catalogue yet, and it cannot be built here: "
+            f"{missing_extra(ModuleNotFoundError(name='torch'))}; build it where workers run, or add a model "
+            "with `tierflow models add` and set TIERFLOW_MODEL to its name")
+    from shared.media.tiny import build_tiny_model
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.parent / ".build.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (path / MODEL_INDEX).exists():
-                # Built aside and moved in whole: a build killed halfway leaves no half model.
-                building = path.with_name(".tiny-building")
-                shutil.rmtree(building, ignore_errors=True)
-                shutil.rmtree(path, ignore_errors=True)
-                build_tiny_model(building)
-                building.rename(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".build.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path / MODEL_INDEX).exists():
+            # Built aside and moved in whole: a build killed halfway leaves no half model.
+            building = path.with_name(".tiny-building")
+            shutil.rmtree(building, ignore_errors=True)
+            shutil.rmtree(path, ignore_errors=True)
+            build_tiny_model(building)
+            building.rename(path)
     return path
