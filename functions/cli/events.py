@@ -167,13 +167,15 @@ def cmd_events_dlq(deps, args) -> int:
 # relay and consume
 
 
-def _start_probes(deps, args, loops: list[Supervised]):
-    """`--health-port`: answer /healthz and /readyz (shared.runtime.health); None without it."""
-    if not args.health_port:
-        return None
-    from shared.runtime.health import not_ready, serve_probes
+def _start_probes(deps, args, loops: list[Supervised]) -> list:
+    """`--health-port`: answer /healthz and /readyz; `--metrics-port` (consume): /metrics
+    (shared.runtime.health); returns the servers to shut down."""
+    from shared.runtime.health import not_ready, serve_metrics, serve_probes
 
-    return serve_probes(args.health_port, lambda: not_ready(deps, loops))
+    servers = [serve_probes(args.health_port, lambda: not_ready(deps, loops))] if args.health_port else []
+    if getattr(args, "metrics_port", None):
+        servers.append(serve_metrics(args.metrics_port, deps))
+    return servers
 
 
 def cmd_relay(deps, args) -> int:
@@ -211,8 +213,8 @@ def cmd_relay(deps, args) -> int:
         supervised.run(loop, stop.is_set)
     finally:
         stop.set()
-        if probes:
-            probes.shutdown()
+        for server in probes:
+            server.shutdown()
     print(f"relay stopped after {total[0]} event(s)", flush=True)
     return 0
 
@@ -228,8 +230,8 @@ def cmd_consume(deps, args) -> int:
         return _consume(deps, args, functions, stop, loops)
     finally:
         stop.set()
-        if probes:
-            probes.shutdown()
+        for server in probes:
+            server.shutdown()
         deps.close()  # the local workers finish or give back their jobs; queued ones wait for the next start
 
 
@@ -297,6 +299,10 @@ HEALTH_PORT_HELP = ("answer GET /healthz and /readyz on this port (host 127.0.0.
                     "e.g. 0.0.0.0:8081 in a container)")
 
 
+METRICS_PORT_HELP = ("answer GET /metrics (Prometheus text; the observability extra) on this port (host 127.0.0.1 "
+                     "unless given)")
+
+
 def register(commands) -> None:
     """Add these commands to the `tierflow` parser."""
     event_commands = add_group(commands, "events", "publish, follow and repair events")
@@ -325,6 +331,7 @@ def register(commands) -> None:
     consume.add_argument("--idle-seconds", type=float, default=3.0,
                          help="with --once on Kafka: how long without records counts as nothing left")
     consume.add_argument("--health-port", metavar="[HOST:]PORT", type=address_argument, help=HEALTH_PORT_HELP)
+    consume.add_argument("--metrics-port", metavar="[HOST:]PORT", type=address_argument, help=METRICS_PORT_HELP)
     consume.add_argument("--instance-id", metavar="NAME", type=_instance_name,
                          help="on Kafka, a stable name for this process (a pod or systemd instance name): started "
                               "again under the same name it takes its partitions back at once, without a rebalance "

@@ -69,6 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--health-port", metavar="[HOST:]PORT", type=address_argument,
                        help="answer GET /healthz and /readyz on this port (host 127.0.0.1 unless given, "
                             "e.g. 0.0.0.0:8081 in a container)")
+    serve.add_argument("--metrics-port", metavar="[HOST:]PORT", type=address_argument,
+                       help="answer GET /metrics (Prometheus text; the observability extra) on this port")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         return Worker(deps, Options(concurrency=args.concurrency, exit_when_idle=args.exit_when_idle,
                                     max_jobs=args.max_jobs, models=args.models, grace_seconds=args.grace,
                                     worker_id=args.id, parent_pid=args.parent,
-                                    health_port=args.health_port)).run()
+                                    health_port=args.health_port, metrics_port=args.metrics_port)).run()
     from functions.worker.job import parse_job
 
     try:

@@ -28,6 +28,7 @@ from shared.adapters import db
 from shared.bootstrap import Deps
 from shared.domain import lifecycle
 from shared.errors import InvalidInput, ServiceUnavailable, TierflowError
+from shared.runtime import metrics
 from shared.runtime.uow import UnitOfWork
 
 
@@ -102,7 +103,9 @@ class PipelineCache:
         key = (model, pin, device, device_dtype(device))
         if key in self._pipelines:
             self._pipelines.move_to_end(key)
+            metrics.record_cache(hit=True)
             return self._pipelines[key], 0.0
+        metrics.record_cache(hit=False)
         while len(self._pipelines) >= self.budget:
             self._pipelines.popitem(last=False)
             _free_device_memory(device)

@@ -60,6 +60,7 @@ class Options:
     worker_id: str | None = None
     parent_pid: int | None = None  # stop when this process is gone
     health_port: str | None = None  # "[HOST:]PORT" for /healthz and /readyz
+    metrics_port: str | None = None  # "[HOST:]PORT" for /metrics
 
 
 def default_worker_id() -> str:
@@ -111,20 +112,24 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, self._on_signal)
-        probes = None
-        if self.options.health_port:
-            from shared.runtime.health import not_ready, serve_probes
+        from shared.runtime.health import not_ready, serve_metrics, serve_probes
 
-            try:
-                probes = serve_probes(self.options.health_port, lambda: not_ready(self.deps, [self]))
-            except ServiceUnavailable as exc:
-                self.log(str(exc))
-                return 1
+        servers = []
+        try:
+            if self.options.health_port:
+                servers.append(serve_probes(self.options.health_port, lambda: not_ready(self.deps, [self])))
+            if self.options.metrics_port:
+                servers.append(serve_metrics(self.options.metrics_port, self.deps))
+        except ServiceUnavailable as exc:
+            self.log(str(exc))
+            for server in servers:
+                server.shutdown()
+            return 1
         try:
             return self._serve()
         finally:
-            if probes:
-                probes.shutdown()
+            for server in servers:
+                server.shutdown()
 
     def problem(self) -> str | None:
         """Why this worker takes no work now (for its readiness probe), or None."""

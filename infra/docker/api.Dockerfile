@@ -14,7 +14,7 @@ COPY shared shared
 COPY functions functions
 COPY infra infra
 # hadolint ignore=DL3013
-RUN pip install '.[api]' && useradd --uid 10001 api
+RUN pip install '.[api,observability]' && useradd --uid 10001 api
 
 USER 10001
 EXPOSE 8080

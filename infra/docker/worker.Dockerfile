@@ -17,7 +17,7 @@ COPY events events
 COPY shared shared
 COPY functions functions
 COPY infra infra
-RUN /opt/tierflow/bin/pip install '.[worker]'
+RUN /opt/tierflow/bin/pip install '.[worker,observability]'
 
 # Models come from a mounted directory or a hub id, as the job's catalogue entry names them.
 USER 10001

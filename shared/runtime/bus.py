@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import psycopg
 
+from shared.runtime import metrics
 from shared.runtime.consumer import Function, Message, Outcome, RetryPolicy, apply_batch, retry_policy
 from shared.runtime.dead_letters import record_on_bus
 from shared.runtime.outbox import listen_for_outbox, lock_unsent, mark_sent, wait_for_outbox
@@ -125,6 +126,7 @@ def step(conn, deps, subscribers: Sequence[Function], functions: Sequence[Functi
     busy = relay_to_bus(conn, subscribers) > 0
     for function in functions:
         outcome = consume_from_bus(conn, deps, function)
+        metrics.record_outcome(function.name, outcome)  # committed
         did = bool(outcome.applied or outcome.duplicates or outcome.dead)  # a deferral waits for its time
         busy = busy or did
         if on_outcome and (did or outcome.deferred):

@@ -75,6 +75,7 @@ class Outcome:
     dead: list[tuple[Message, str]] = field(default_factory=list)
     deferred: list[tuple[Message, str, float]] = field(default_factory=list)  # (message, why, seconds to its retry)
     waiting: list[Message] = field(default_factory=list)
+    handler_seconds: list[float] = field(default_factory=list)  # each applied event's handler, for metrics
 
     @property
     def not_done(self) -> list[Message]:
@@ -152,7 +153,7 @@ def apply_batch(
 
 def _apply_together(conn, uow: UnitOfWork, ports: Ports, function: Function, parsed, outcome: Outcome) -> bool:
     """Claim and handle every parsed event in one savepoint; False (and nothing done) if any failed."""
-    applied, duplicates = [], []
+    applied, duplicates, seconds = [], [], []
     try:
         # Pipeline mode: statements whose results a handler does not read (its UPDATEs and
         # INSERTs) go out without waiting for the server, so an event costs about one round trip.
@@ -161,7 +162,9 @@ def _apply_together(conn, uow: UnitOfWork, ports: Ports, function: Function, par
             for message, event_id, event in parsed:
                 if event_id in claimed:
                     claimed.discard(event_id)  # a second copy later in this batch is a duplicate
+                    started = time.perf_counter()
                     function.handle(event, uow, ports)
+                    seconds.append(time.perf_counter() - started)
                     applied.append(message)
                 else:
                     duplicates.append(message)
@@ -171,6 +174,7 @@ def _apply_together(conn, uow: UnitOfWork, ports: Ports, function: Function, par
         return False
     outcome.applied += applied
     outcome.duplicates += duplicates
+    outcome.handler_seconds += seconds
     return True
 
 
@@ -184,7 +188,9 @@ def _apply_one(conn, uow: UnitOfWork, ports: Ports, function: Function, message:
                 if not uow.claim(function.name, event_id):
                     outcome.duplicates.append(message)
                     return True
+                started = time.perf_counter()
                 function.handle(event, uow, ports)
+            outcome.handler_seconds.append(time.perf_counter() - started)
             outcome.applied.append(message)
             return True
         except psycopg.OperationalError:

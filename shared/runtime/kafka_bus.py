@@ -26,6 +26,7 @@ from kafka.structs import OffsetAndMetadata
 
 from events import ALL_TOPICS, dlq_topic
 from events.topics import STRUCTURED_HEADERS
+from shared.runtime import metrics
 from shared.runtime.consumer import Function, Message, Outcome, RetryPolicy, apply_batch, retry_policy
 from shared.runtime.dead_letters import send_to_kafka
 from shared.runtime.outbox import lock_unsent, mark_sent
@@ -171,6 +172,12 @@ class KafkaFunctionRunner:
         # 1. effects and processed_events, one transaction for the whole batch
         with conn.transaction():
             outcome = apply_batch(conn, self.deps.ports, self.function, messages, self.retry)
+        metrics.record_outcome(self.function.name, outcome)
+        for partition in batch:
+            end = self.consumer.highwater(partition)
+            if end is not None:
+                metrics.record_lag(self.function.name, partition.topic, partition.partition,
+                                   max(0, end - self.consumer.position(partition)))
         # 2. dead letters, acknowledged by the broker before the offsets move past them
         if outcome.dead:
             send_to_kafka(self.producer, self.function.name, outcome.dead)

@@ -29,6 +29,7 @@ WORKER = ["torch", "diffusers", "transformers", "safetensors"]
 API = ["fastapi", "starlette", "uvicorn"]
 EMBEDDED = ["pgserver"]
 AWS = ["aws_lambda_powertools"]
+OBSERVABILITY = ["prometheus_client"]
 TEST = ["pytest", "hypothesis", "jsonschema", "moto", "cfnlint", "yaml", "httpx", "schemathesis", "selenium"]
 
 
@@ -38,9 +39,9 @@ def test_the_core_dependencies_hold_no_gpu_stack_no_servers_and_no_test_tools():
     for heavy in ("torch", "diffusers", "transformers", "pytest", "selenium", "moto", "pgserver", "rclone", "fastapi"):
         assert heavy not in core
     extras = project["optional-dependencies"]
-    assert set(extras) == {"worker", "api", "embedded", "aws", "demo", "test"}
+    assert set(extras) == {"worker", "api", "embedded", "aws", "observability", "demo", "test"}
     assert extras["demo"] == ["tierflow[worker,embedded]"]
-    assert extras["test"][0] == "tierflow[worker,api,embedded,aws]"
+    assert extras["test"][0] == "tierflow[worker,api,embedded,aws,observability]"
 
 
 def _without(tmp_path: Path, blocked: list[str], extra_env: dict | None = None) -> dict:
@@ -61,7 +62,8 @@ def _tierflow(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_core_only_install_runs_the_cli_and_says_which_extra_a_command_needs(tmp_path, database_url):
-    env = _without(tmp_path, WORKER + API + EMBEDDED + AWS + TEST, {"TIERFLOW_DATABASE_URL": database_url})
+    env = _without(tmp_path, WORKER + API + EMBEDDED + AWS + OBSERVABILITY + TEST,
+                   {"TIERFLOW_DATABASE_URL": database_url})
     assert _tierflow(env, "--help").returncode == 0
     status = _tierflow(env, "db", "status", "--json")
     assert status.returncode == 0, status.stderr
@@ -82,7 +84,7 @@ def test_a_core_only_install_runs_the_cli_and_says_which_extra_a_command_needs(t
 
 def test_an_api_only_install_serves_the_api(tmp_path, database_url, moto_server, conn, tiny_model):
     keys = [{"name": "ana", "role": "artist", "key": "artist-key-0123456789abcdef"}]
-    env = _without(tmp_path, WORKER + EMBEDDED + AWS + TEST, {
+    env = _without(tmp_path, WORKER + EMBEDDED + AWS + OBSERVABILITY + TEST, {
         "TIERFLOW_DATABASE_URL": database_url, "TIERFLOW_S3_ENDPOINT_URL": moto_server,
         "TIERFLOW_API_KEYS": json.dumps(keys), "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
     [port] = free_ports()

@@ -233,4 +233,4 @@ def test_a_bad_health_port_is_a_usage_error(run_cli):
     for command in (["consume"], ["relay"], ["worker", "serve"]):
         refused = run_cli(*command, "--health-port", "70000")
         assert refused.returncode == 2, refused.stderr
-        assert "--health-port takes PORT or HOST:PORT with a port from 1 to 65535, not '70000'" in refused.stderr
+        assert "argument --health-port: a port is PORT or HOST:PORT with a port from 1 to 65535, not '70000'" in refused.stderr
