@@ -14,13 +14,19 @@ from events.envelope import CloudEvent
 from events.errors import InvalidEvent, validated
 from events.models import EVENT_TYPES, Event
 from events.schemas import schema_id
-from events.topics import CONTENT_TYPE_HEADER, STRUCTURED_CONTENT_TYPE, unknown_type_message
+from events.topics import (
+    CONTENT_TYPE_HEADER,
+    STRUCTURED_CONTENT_TYPE,
+    unknown_type_message,
+)
 
 
 def envelope_for(
-    event: Event, *, source: str, id: str | None = None, time: datetime | None = None
+    event: Event, *, source: str, id: str | None = None, time: datetime | None = None,
+    extensions: dict[str, str] | None = None,
 ) -> CloudEvent:
-    """Wrap `event` in a CloudEvent from `source`; `id` defaults to a new UUID, `time` to now."""
+    """Wrap `event` in a CloudEvent from `source`; `id` defaults to a new UUID, `time` to now;
+    `extensions` are extension attributes such as traceparent."""
     if not isinstance(event, Event):
         raise TypeError(f"envelope_for needs a Tierflow event, not {type(event).__name__}")
     attributes = {
@@ -32,6 +38,7 @@ def envelope_for(
         "time": datetime.now(UTC) if time is None else time,
         "dataschema": schema_id(event.type),
         "data": event.model_dump(mode="json"),
+        **(extensions or {}),
     }
     return validated(CloudEvent, attributes, what=f"invalid {event.type} event")
 

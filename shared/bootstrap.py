@@ -11,6 +11,7 @@ from functools import cached_property
 
 import psycopg
 
+from events import tracing
 from infra import embedded
 from shared.adapters import db
 from shared.config import Settings
@@ -61,7 +62,7 @@ class Deps:
     def uow(self) -> Iterator[UnitOfWork]:
         """A new transaction for a state change and its events; commits when the block ends.
         (Handlers never open one: the runtime passes them the one it applies the event in.)"""
-        with self.connect() as conn, conn.transaction():
+        with self.connect() as conn, conn.transaction(), tracing.continued():
             yield UnitOfWork(conn, self.source)
 
     @cached_property

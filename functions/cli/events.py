@@ -13,8 +13,9 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from events import ALL_TOPICS, EVENT_TYPES, envelope_for, topic_for
+from events import ALL_TOPICS, EVENT_TYPES, envelope_for, topic_for, tracing
 from events.errors import validated
+from events.topics import STRUCTURED_HEADERS
 from functions.cli.jobs import DEPLOYED, start_runtime_workers
 from functions.cli.parsing import add_command, add_group
 from functions.cli.stack import start_upkeep
@@ -72,10 +73,11 @@ def cmd_events_publish(deps, args) -> int:
     else:
         from shared.runtime.kafka_bus import make_producer
 
-        cloud_event = envelope_for(event, source=deps.source)
+        cloud_event = envelope_for(event, source=deps.source, extensions={"traceparent": tracing.child()})
         producer = make_producer(settings.kafka_bootstrap)
         try:
-            producer.send(topic_for(event.type), key=event.subject.encode(), value=cloud_event.to_json()).get(timeout=30)
+            producer.send(topic_for(event.type), key=event.subject.encode(), value=cloud_event.to_json(),
+                          headers=STRUCTURED_HEADERS).get(timeout=30)
         finally:
             producer.close()
         event_id = cloud_event.id
@@ -192,7 +194,11 @@ def cmd_relay(deps, args) -> int:
             if settings.embedded_bus:
                 relay_once = lambda: bus.relay_to_bus(conn, DEPLOYED)  # noqa: E731
             else:
-                from shared.runtime.kafka_bus import ensure_topics, make_producer, relay_to_kafka
+                from shared.runtime.kafka_bus import (
+                    ensure_topics,
+                    make_producer,
+                    relay_to_kafka,
+                )
 
                 if "producer" not in kafka:
                     ensure_topics(settings.kafka_bootstrap, settings.kafka_partitions)
@@ -248,7 +254,11 @@ def _consume(deps, args, functions, stop, loops: list[Supervised]) -> int:
             bus.run_bus(deps, DEPLOYED, functions, should_stop=stop.is_set, on_outcome=_report, supervision=bus_loop)
         return 0
 
-    from shared.runtime.kafka_bus import KafkaFunctionRunner, ensure_topics, make_producer
+    from shared.runtime.kafka_bus import (
+        KafkaFunctionRunner,
+        ensure_topics,
+        make_producer,
+    )
 
     ensure_topics(settings.kafka_bootstrap, settings.kafka_partitions)
     producer = make_producer(settings.kafka_bootstrap)

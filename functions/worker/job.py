@@ -22,7 +22,13 @@ from contextlib import contextmanager
 import psycopg
 from pydantic import BaseModel, ConfigDict, Field
 
-from events import GenerationCompleted, GenerationFailed, GenerationProgress, Recipe
+from events import (
+    GenerationCompleted,
+    GenerationFailed,
+    GenerationProgress,
+    Recipe,
+    tracing,
+)
 from events.errors import InvalidEvent, validated
 from shared.adapters import db
 from shared.bootstrap import Deps
@@ -71,6 +77,7 @@ class JobDocument(BaseModel):
     # Where the recipe's catalogue model is loaded from, at recipe.model_pin; None when the
     # catalogue no longer has the model at that pin.
     model_source: str | None = None
+    traceparent: str | None = None  # the trace the job was queued in; its reports continue it
     quality_settings: dict | None = None
     output_prefix: str = Field(min_length=1)
     compare_with: SourceSegment | None = None
@@ -202,6 +209,14 @@ def _failure_reason(exc: BaseException, device: str) -> str:
 
 def run_job(deps: Deps, job: JobDocument, claim: Claim, *, device: str, pipelines: PipelineCache,
             held_since: float) -> GenerationCompleted:
+    """Render, encode, upload and report one claimed job, in the trace it was queued in (see
+    _run_job)."""
+    with tracing.scope(job.traceparent):
+        return _run_job(deps, job, claim, device=device, pipelines=pipelines, held_since=held_since)
+
+
+def _run_job(deps: Deps, job: JobDocument, claim: Claim, *, device: str, pipelines: PipelineCache,
+             held_since: float) -> GenerationCompleted:
     """Render, encode, upload and report one claimed job; raises after reporting a failure.
 
     The report says what the job cost: the render, the pipeline load (0 when `pipelines` had it),

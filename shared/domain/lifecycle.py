@@ -17,7 +17,13 @@ backstop). Every function runs in the caller's transaction.
 import psycopg
 from psycopg.types.json import Jsonb
 
-from events import GenerationCompleted, GenerationFailed, GenerationProgress, GenerationRequested
+from events import (
+    GenerationCompleted,
+    GenerationFailed,
+    GenerationProgress,
+    GenerationRequested,
+    tracing,
+)
 from shared.domain.recipe import recipe_of
 
 # A fully generated scene may be approved, upscaled and delivered; a settled one changes no more
@@ -146,14 +152,18 @@ def queue_attempt(conn: psycopg.Connection, segment_id: int, retry_backoff_secon
         """WITH next AS (
                SELECT COALESCE(max(attempt), 0) + 1 AS attempt FROM generation_jobs WHERE segment_id = %(segment)s),
            job AS (
-               INSERT INTO generation_jobs (segment_id, attempt, not_before)
+               INSERT INTO generation_jobs (segment_id, attempt, not_before, traceparent)
                SELECT %(segment)s, attempt, now() + CASE WHEN attempt = 1 THEN interval '0'
-                   ELSE make_interval(secs => %(backoff)s * 2 ^ (attempt - 2)) END FROM next
+                   ELSE make_interval(secs => %(backoff)s * 2 ^ (attempt - 2)) END,
+                   -- a retry the sweeper queues has no trace of its own: it continues the last attempt's
+                   COALESCE(%(trace)s, (SELECT traceparent FROM generation_jobs
+                                        WHERE segment_id = %(segment)s ORDER BY attempt DESC LIMIT 1))
+               FROM next
                RETURNING id, attempt, segment_id)
            SELECT job.id AS job_id, job.attempt, g.*, s.width, s.height, t.name AS tier
            FROM job JOIN segments g ON g.id = job.segment_id JOIN scenes s ON s.id = g.scene_id
            JOIN resolution_tiers t ON t.id = s.resolution_tier_id""",
-        {"segment": segment_id, "backoff": float(retry_backoff_seconds)},
+        {"segment": segment_id, "backoff": float(retry_backoff_seconds), "trace": tracing.current()},
     ).fetchone()
     return GenerationRequested(job_id=job["job_id"], scene_id=job["scene_id"], segment_id=segment_id,
                                attempt=job["attempt"], tier=job["tier"], width=job["width"], height=job["height"],

@@ -10,10 +10,16 @@ from typing import Any
 
 import psycopg
 
-from events import SceneApproved
+from events import SceneApproved, tracing
 from shared.domain import catalogue, lifecycle, limits, tiers
 from shared.domain.dimensions import AspectRatio, parse_aspect
-from shared.domain.recipe import RECIPE_FIELDS, SegmentSpec, build_recipes, recipe_hash, recipe_of
+from shared.domain.recipe import (
+    RECIPE_FIELDS,
+    SegmentSpec,
+    build_recipes,
+    recipe_hash,
+    recipe_of,
+)
 from shared.errors import Conflict, InvalidInput, NotFound
 
 
@@ -51,10 +57,10 @@ def create_scene(
     ).fetchone()["id"]
     scene_id = conn.execute(
         """INSERT INTO scenes (project_id, name, aspect_width, aspect_height, width, height,
-                               resolution_tier_id, recipe_hash, upscaled_from_scene_id)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+                               resolution_tier_id, recipe_hash, upscaled_from_scene_id, traceparent)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
         [project_id, name, aspect.width, aspect.height, width, height, tier.id,
-         recipe_hash(aspect, recipes), upscaled_from_scene_id],
+         recipe_hash(aspect, recipes), upscaled_from_scene_id, tracing.current()],
     ).fetchone()["id"]
     columns = ", ".join(RECIPE_FIELDS)
     placeholders = ", ".join(["%s"] * len(RECIPE_FIELDS))
@@ -110,7 +116,8 @@ def approve(deps, scene_id: int, approved_by: str | None = None) -> str:
         scene = scene_row(uow.conn, scene_id, for_update=True)
         if scene["status"] not in lifecycle.FULLY_GENERATED:
             raise Conflict(f"scene {scene_id} is {scene['status']}; only a fully generated scene can be approved")
-        return uow.emit(SceneApproved(scene_id=scene_id, approved_by=approved_by))
+        with tracing.scope(scene["traceparent"] or tracing.current()):  # the scene's trace goes on
+            return uow.emit(SceneApproved(scene_id=scene_id, approved_by=approved_by))
 
 
 def retry_failed_segments(deps, scene_id: int) -> list[int]:
@@ -286,7 +293,7 @@ def job_document(conn: psycopg.Connection, job_id: int) -> dict:
     """Everything a worker needs to run one job, so that it reads nothing from the database."""
     row = conn.execute(
         """SELECT j.id AS job_id, j.attempt, g.*, s.width, s.height, t.name AS tier, t.quality_settings,
-                  m.source AS model_source
+                  m.source AS model_source, j.traceparent
            FROM generation_jobs j JOIN segments g ON g.id = j.segment_id JOIN scenes s ON s.id = g.scene_id
            JOIN resolution_tiers t ON t.id = s.resolution_tier_id
            LEFT JOIN models m ON m.name = g.model AND m.pin = g.model_pin
@@ -307,6 +314,7 @@ def job_document(conn: psycopg.Connection, job_id: int) -> dict:
         "recipe": recipe_of(row).model_dump(mode="json"),
         # A recipe made before the catalogue names its source as its model.
         "model_source": row["model_source"] if row["model_pin"] else row["model"],
+        "traceparent": row["traceparent"],
         "quality_settings": row["quality_settings"],
         "output_prefix": job_prefix(row["tier"], row["scene_id"], row["position"], row["job_id"]),
         "compare_with": dict(source) if source else None,

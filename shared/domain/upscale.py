@@ -10,7 +10,14 @@ repeated, redelivered or concurrent request returns the first.
 
 import psycopg
 
-from events import Event, UpscaleCompleted, UpscaleFailed, UpscaleProgress, UpscaleRequested
+from events import (
+    Event,
+    UpscaleCompleted,
+    UpscaleFailed,
+    UpscaleProgress,
+    UpscaleRequested,
+    tracing,
+)
 from shared.domain import catalogue, lifecycle, limits, tiers
 from shared.domain.dimensions import AspectRatio
 from shared.domain.recipe import recipe_of
@@ -71,12 +78,14 @@ def request_upscale(deps, scene_id: int, target_tier: str, requested_by: str | N
     an `upscale.requested` event; its handler finds the same target and does nothing twice. An
     artist (`role`) stays within the project's artist tier (shared.domain.limits)."""
     with deps.uow() as uow:
+        source = scene_row(uow.conn, scene_id)
         if role is not None:
-            project = scene_row(uow.conn, scene_id)["project"]
-            limits.check_tier(limits.project_limits(uow.conn, project), project, tiers.get_tier(uow.conn, target_tier),
-                              role)
-        target_id, _ = upscale_scene(uow.conn, uow.emit, scene_id, target_tier)
-        uow.emit(UpscaleRequested(source_scene_id=scene_id, target_tier=target_tier, requested_by=requested_by))
+            limits.check_tier(limits.project_limits(uow.conn, source["project"]), source["project"],
+                              tiers.get_tier(uow.conn, target_tier), role)
+        # The source scene's trace goes on: its upscale is part of the same story.
+        with tracing.scope(source["traceparent"] or tracing.current()):
+            target_id, _ = upscale_scene(uow.conn, uow.emit, scene_id, target_tier)
+            uow.emit(UpscaleRequested(source_scene_id=scene_id, target_tier=target_tier, requested_by=requested_by))
     return target_id
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from events import Event, InvalidEvent, parse_event
+from events import Event, InvalidEvent, parse_event, tracing
 from shared.errors import ServiceUnavailable, TierflowError
 from shared.runtime.ports import Ports
 from shared.runtime.uow import UnitOfWork
@@ -134,16 +134,18 @@ def apply_batch(
         except InvalidEvent as exc:
             outcome.dead.append((message, str(exc)))
             continue
-        parsed.append((message, cloud_event.id, event))
+        parsed.append((message, cloud_event.id, event, cloud_event.extensions.get("traceparent")))
     uow = UnitOfWork(conn, source=f"urn:tierflow:{function.name}")
     # 2. claim and handle: all at once, or (after a failure, or when isolated) one by one
     if function.isolated or not _apply_together(conn, uow, ports, function, parsed, outcome):
         held_up = set()  # lanes with a deferred event: what follows in them waits
-        for message, event_id, event in parsed:
+        for message, event_id, event, traceparent in parsed:
             if message.lane in held_up:
                 outcome.waiting.append(message)
-            elif not _apply_one(conn, uow, ports, function, message, event_id, event, retry, outcome):
-                held_up.add(message.lane)
+            else:
+                with tracing.scope(traceparent):  # what it emits continues the event's trace
+                    if not _apply_one(conn, uow, ports, function, message, event_id, event, retry, outcome):
+                        held_up.add(message.lane)
     # 3. what had failed before and is done now is forgotten
     done = [m.ref for m in outcome.applied + outcome.duplicates]
     if done:
@@ -158,12 +160,13 @@ def _apply_together(conn, uow: UnitOfWork, ports: Ports, function: Function, par
         # Pipeline mode: statements whose results a handler does not read (its UPDATEs and
         # INSERTs) go out without waiting for the server, so an event costs about one round trip.
         with conn.pipeline(), conn.transaction():
-            claimed = uow.claim_all(function.name, [event_id for _, event_id, _ in parsed])
-            for message, event_id, event in parsed:
+            claimed = uow.claim_all(function.name, [event_id for _, event_id, _, _ in parsed])
+            for message, event_id, event, traceparent in parsed:
                 if event_id in claimed:
                     claimed.discard(event_id)  # a second copy later in this batch is a duplicate
                     started = time.perf_counter()
-                    function.handle(event, uow, ports)
+                    with tracing.scope(traceparent):  # what it emits continues the event's trace
+                        function.handle(event, uow, ports)
                     seconds.append(time.perf_counter() - started)
                     applied.append(message)
                 else:

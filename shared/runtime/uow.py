@@ -8,7 +8,7 @@ both happen, or neither does.
 import psycopg
 from psycopg.types.json import Jsonb
 
-from events import Event, envelope_for, topic_for
+from events import Event, envelope_for, topic_for, tracing
 
 
 class UnitOfWork:
@@ -22,7 +22,9 @@ class UnitOfWork:
         """Record `event` in the outbox of this transaction; returns its CloudEvents id (a new
         one unless `event_id` is given: a writer that retries keeps its id to tell whether an
         earlier try was committed)."""
-        cloud_event = envelope_for(event, source=self.source, id=event_id)
+        # Its own span in the current trace (events.tracing), or in a trace of its own.
+        cloud_event = envelope_for(event, source=self.source, id=event_id,
+                                   extensions={"traceparent": tracing.child(tracing.current())})
         self.conn.execute(
             "INSERT INTO outbox (event_id, topic, message_key, payload) VALUES (%s, %s, %s, %s)",
             [cloud_event.id, topic_for(event.type), cloud_event.subject,
