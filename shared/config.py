@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     draft_retention_days: int = Field(
         default=30, ge=1, le=3650, description="Days after which Draft media expire (bucket lifecycle rule)."
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text: log lines as they are; json: one JSON object per line with the trace "
+                                    "and span ids (shared.logs).")
     tag_draft_media: bool = Field(
         default=True,
         description="Tag Draft media tierflow-retention=expire, and an approved scene's keep, for the bucket's expiry "
@@ -188,6 +191,7 @@ class Settings(BaseSettings):
             "similarity_threshold": str(self.similarity_threshold),
             "draft_retention_days": str(self.draft_retention_days),
             "tag_draft_media": str(self.tags_media).lower(),
+            "log_format": self.log_format,
             "max_body_bytes": str(self.max_body_bytes),
             "max_streams_per_key": str(self.max_streams_per_key),
             "api_keys": "****" if self.api_keys else f"(keys file {self.api_keys_file})",

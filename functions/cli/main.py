@@ -11,8 +11,19 @@ import sys
 from collections.abc import Sequence
 
 from events import InvalidEvent
-from functions.cli import delivery, demo, events, infra, jobs, models, serve, stack, tiers
+from functions.cli import (
+    delivery,
+    demo,
+    events,
+    infra,
+    jobs,
+    models,
+    serve,
+    stack,
+    tiers,
+)
 from functions.cli.parsing import Parser
+from shared import logs
 from shared.bootstrap import Deps
 from shared.config import load_settings
 from shared.errors import TierflowError
@@ -42,7 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     deps = None
     try:
-        deps = Deps(load_settings())
+        settings = load_settings()
+        logs.configure(settings.log_format)
+        deps = Deps(settings)
         return args.run(deps, args)
     except (TierflowError, InvalidEvent) as exc:
         print(f"tierflow: {exc}", file=sys.stderr)

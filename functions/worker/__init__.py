@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from infra.process import age_seconds
+from shared import logs
 from shared.extras import missing_extra
 
 JOB_FAILED, REPORT_NOT_WRITTEN, NOT_THIS_WORKERS = 3, 4, 5
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     except TierflowError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return exc.exit_code
+    logs.configure(settings.log_format)
     # A worker stopped mid-transaction (SIGSTOP, a hung host) must not keep its job's row locked
     # past its lease: the lease sweeper skips locked rows.
     deps = Deps(settings, source="urn:tierflow:worker", idle_transaction_timeout=settings.job_lease_seconds)

@@ -17,7 +17,6 @@ import os
 import secrets
 import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from functions.worker.job import (
     parse_job,
     run_job,
 )
+from shared import logs
 from shared.adapters import db
 from shared.bootstrap import Deps
 from shared.domain import fleet, lifecycle
@@ -274,7 +274,7 @@ class Worker:
                 self.jobs_done += 1
 
     def log(self, message: str) -> None:
-        print(f"tierflow worker {self.id}: {message}", file=sys.stderr, flush=True)
+        logs.say(f"tierflow worker {self.id}: {message}")
 
 
 class Slot:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psycopg
 
+from shared import logs
 from shared.domain import lifecycle
 from shared.errors import ServiceUnavailable
 
@@ -61,6 +62,7 @@ def worker_environment(deps) -> dict[str, str]:
         "TIERFLOW_AFFINITY_MAX_WAIT_SECONDS": str(settings.affinity_max_wait_seconds),
         "TIERFLOW_SIMILARITY_THRESHOLD": str(settings.similarity_threshold),
         "TIERFLOW_TAG_DRAFT_MEDIA": str(settings.tag_draft_media).lower(),
+        "TIERFLOW_LOG_FORMAT": settings.log_format,
     }
     if settings.s3_endpoint_url:
         env["TIERFLOW_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
@@ -143,7 +145,7 @@ class LocalDispatcher:
         if worker.quick_exits >= QUICK_EXITS_ALLOWED:
             self.failure = (f"local worker {worker.index} exited {worker.quick_exits} times right after starting "
                             f"(last status {status}): {tail} (log: {worker.log_path})")
-            print(f"tierflow: {self.failure}", file=sys.stderr, flush=True)
+            logs.say(f"tierflow: {self.failure}")
             return
         print(f"tierflow: local worker {worker.worker_id} exited with status {status}"
               + (f", {ended} job(s) in hand go to their next attempt" if ended else "")

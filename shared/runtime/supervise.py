@@ -9,12 +9,12 @@ logged when the body completes a cycle again. Anything else is a bug and is rais
 must stop rather than keep serving without the loop.
 """
 
-import sys
 import time
 from collections.abc import Callable
 
 import psycopg
 
+from shared import logs
 from shared.errors import ServiceUnavailable
 
 
@@ -36,7 +36,7 @@ def wait_unless_stopped(should_stop: Callable[[], bool], seconds: float) -> None
 
 
 def log_line(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    logs.say(line)
 
 
 class Supervised:
