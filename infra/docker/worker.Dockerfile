@@ -9,7 +9,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
     && rm -rf /var/lib/apt/lists/* \
     && python3.11 -m venv /opt/tierflow \
-    && useradd --create-home --uid 10001 worker
+    && useradd --create-home --uid 10001 worker \
+    && mkdir /models && chown worker /models  # a volume mounted here starts owned by the worker
 
 WORKDIR /opt/tierflow/src
 COPY pyproject.toml README.md ./

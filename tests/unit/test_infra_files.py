@@ -1,5 +1,6 @@
 """The AWS template, the containers and the compose file agree with the code and the README."""
 
+import json
 import re
 import subprocess
 import sys
@@ -71,16 +72,40 @@ def test_cfn_lint_passes():
 def test_compose_file_names_pinned_images_on_loopback_ports_the_readme_documents():
     compose = yaml.safe_load((ROOT / "localstack.yml").read_text())
     readme = (ROOT / "README.md").read_text()
-    assert set(compose["services"]) == {"localstack", "kafka", "postgres"}
-    for name, service in compose["services"].items():
+    services = compose["services"]
+    assert set(services) == {"localstack", "kafka", "postgres", "migrate", "relay", "consume", "serve", "worker",
+                             "prometheus", "grafana"}
+    for name, service in services.items():
         image = service["image"]
-        assert re.fullmatch(r"[\w./-]+:\d[\w.-]*", image), f"{name}: pin a version, not {image}"
+        assert re.fullmatch(r"[\w./-]+:v?\d[\w.-]*", image), f"{name}: pin a version, not {image}"
         assert image in readme, f"README does not name {image}"
         assert "healthcheck" in service
-        for port in service["ports"]:
+        for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
             assert port.split(":")[1] in readme
-    assert "LOCALSTACK_AUTH_TOKEN" in compose["services"]["localstack"]["environment"]
+    assert "LOCALSTACK_AUTH_TOKEN" in services["localstack"]["environment"]
+    # Tierflow's own: built from the role's image, after the migration, on the containers' Kafka listener.
+    for name in ("relay", "consume", "serve"):
+        assert services[name]["build"]["dockerfile"] == "infra/docker/api.Dockerfile"
+        assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+        assert services[name]["environment"]["TIERFLOW_KAFKA_BOOTSTRAP"] == "kafka:29092"
+    assert "INTERNAL://kafka:29092" in services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert services["worker"]["profiles"] == ["gpu"] and services["worker"]["build"]["dockerfile"].endswith(
+        "worker.Dockerfile")
+    assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
+
+
+def test_prometheus_scrapes_every_metrics_port_of_the_compose_file_and_the_dashboard_queries_tierflow_metrics():
+    compose = (ROOT / "localstack.yml").read_text()
+    scrape = yaml.safe_load((ROOT / "infra" / "monitoring" / "prometheus.yml").read_text())
+    targets = [t for job in scrape["scrape_configs"] for c in job["static_configs"] for t in c["targets"]]
+    assert targets == ["serve:8000", "consume:9100", "worker:9101"]
+    assert '"--metrics-port", "0.0.0.0:9100"' in compose and '"--metrics-port", "0.0.0.0:9101"' in compose
+    dashboard = json.loads((ROOT / "infra" / "monitoring" / "grafana" / "dashboards" / "tierflow.json").read_text())
+    queried = {name for panel in dashboard["panels"] for target in panel["targets"]
+               for name in re.findall(r"tierflow_\w+", target["expr"])}
+    readme = (ROOT / "README.md").read_text()
+    assert queried and all(name.removesuffix("_bucket") in readme for name in queried), queried
 
 
 def test_worker_image_runs_the_worker_as_a_non_root_user():
