@@ -11,6 +11,10 @@ The whole batch is applied in one transaction, exactly as the Kafka consumer doe
   `{"batchItemFailures": [{"itemIdentifier": {"partition": "<topic>-<partition>", "offset": N}}]}`.
   Lambda retries from there. An invocation that finds a record before its retry time (Lambda
   retries at once) waits for it, so the pauses between tries grow as on the other runtimes.
+
+aws-lambda-powertools (the `aws` extra) reads the event source's records and writes one JSON log
+line per invocation (its Logger). Its batch processor is not used: it handles records one at a
+time, and Tierflow applies a batch in one transaction.
 """
 
 import base64
@@ -34,19 +38,23 @@ def kafka_messages(event: dict) -> list[Message]:
             f"not a Kafka event source payload (eventSource {event.get('eventSource')!r}; "
             f"expected one of {', '.join(KAFKA_EVENT_SOURCES)} with records by topic-partition)"
         )
+    from aws_lambda_powertools.utilities.data_classes.kafka_event import KafkaEvent
+
     messages = []
-    for records in event["records"].values():
-        for record in records:
-            try:
-                value = base64.b64decode(record.get("value") or "", validate=True)
-                key = base64.b64decode(record["key"], validate=True) if record.get("key") else None
-                # [{"name": [byte, …]}, …], as the event source map passes Kafka headers.
-                headers = tuple((name, bytes(data)) for header in record.get("headers") or ()
-                                for name, data in header.items())
-            except (binascii.Error, ValueError, TypeError, AttributeError):
-                value, key, headers = b"", None, ()  # undecodable: parse_event dead-letters it with a reason
-            messages.append(Message(record["topic"], value, key, headers=headers, partition=int(record["partition"]),
-                                    offset=int(record["offset"])))
+    for record in KafkaEvent(event).records:
+        try:
+            # Decoded here, not with the record's decoded_value: base64 that is not base64 must be
+            # refused (b64decode without validate drops the characters it does not know).
+            value = base64.b64decode(record.get("value") or "", validate=True)
+            key = base64.b64decode(record.key, validate=True) if record.get("key") else None
+            # [{"name": [byte, …]}, …], as the event source map passes Kafka headers; kept as a
+            # list, not powertools' decoded_headers dict, so a header given twice is seen.
+            headers = tuple((name, bytes(data)) for header in record.get("headers") or ()
+                            for name, data in header.items())
+        except (binascii.Error, ValueError, TypeError, AttributeError):
+            value, key, headers = b"", None, ()  # undecodable: parse_event dead-letters it with a reason
+        messages.append(Message(record.topic, value, key, headers=headers, partition=int(record.partition),
+                                offset=int(record.offset)))
     return messages
 
 
@@ -71,7 +79,12 @@ def lambda_entrypoint(function: Function) -> Callable[[dict, object], dict]:
     def lambda_handler(event: dict, context: object) -> dict:
         messages = kafka_messages(event)
         if "deps" not in held:
+            from aws_lambda_powertools import Logger
+
             held["deps"] = Deps(load_settings(), source=f"urn:tierflow:{function.name}")
+            # Not service "tierflow": powertools filters its service's name out of the root logger's
+            # handlers, which would silence shared.logs ("tierflow") where both run.
+            held["logger"] = Logger(service="tierflow-lambda")  # one per process: keys go in each line
         deps = held["deps"]
         with deps.connect() as conn:
             # Never past the invocation's end: what is left is retried by Lambda anyway.
@@ -86,6 +99,11 @@ def lambda_entrypoint(function: Function) -> Callable[[dict, object], dict]:
             if "producer" not in held:
                 held["producer"] = make_producer(deps.settings.kafka_bootstrap)
             send_to_kafka(held["producer"], function.name, outcome.dead)  # raises: Lambda retries the batch
+        # One structured line per invocation, for CloudWatch Logs Insights.
+        held["logger"].info("batch applied", extra={
+            "function": function.name, "records": len(messages), "applied": len(outcome.applied), "duplicates": len(outcome.duplicates),
+            "dead": len(outcome.dead), "deferred": len(outcome.deferred), "waiting": len(outcome.waiting),
+            "request_id": getattr(context, "aws_request_id", None)})
         return batch_item_failures(outcome)
 
     lambda_handler.__doc__ = f"Lambda entrypoint of {function.name}."

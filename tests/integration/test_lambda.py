@@ -1,7 +1,10 @@
 """The AWS Lambda entrypoint with the payloads Amazon MSK and self-managed Kafka event sources send."""
 
 import base64
+import io
 import json
+import logging
+from contextlib import contextmanager
 
 import pytest
 
@@ -114,7 +117,21 @@ def test_the_handler_the_template_names_is_wired_to_the_function(lambda_env, con
     assert conn.execute("SELECT status FROM scenes WHERE id = %s", [scene]).fetchone()["status"] == "approved"
 
 
-def test_a_binary_mode_record_is_read_from_its_headers(lambda_env, conn):
+@contextmanager
+def _powertools_log_to(stream):
+    """powertools configures its logger once per process, on the stdout of that moment: point it here."""
+    from aws_lambda_powertools import Logger
+
+    Logger(service="tierflow-lambda")  # configured, if no test did yet
+    [handler] = logging.getLogger("tierflow-lambda").handlers
+    previous = handler.setStream(stream)
+    try:
+        yield
+    finally:
+        handler.setStream(previous)
+
+
+def test_a_binary_mode_record_is_read_from_its_headers_and_the_invocation_is_logged(lambda_env, conn):
     scene = make_scene(conn)
     record = _record("scene.approved", 0, 1, json.dumps({"scene_id": scene}).encode(), key=str(scene).encode())
     record["headers"] = [{name: list(value)} for name, value in [
@@ -123,9 +140,16 @@ def test_a_binary_mode_record_is_read_from_its_headers(lambda_env, conn):
         ("content-type", b"application/json")]]
     payload = {"eventSource": "SelfManagedKafka", "records": {"scene.approved-0": [record]}}
     handler = lambda_entry.lambda_entrypoint(on_scene_approved.FUNCTION)  # a new container: this test's database
-    assert handler(payload, _Context()) == {"batchItemFailures": []}
+    logged_to = io.StringIO()
+    with _powertools_log_to(logged_to):
+        assert handler(payload, _Context()) == {"batchItemFailures": []}
     assert conn.execute("SELECT status FROM scenes WHERE id = %s", [scene]).fetchone()["status"] == "approved"
     assert conn.execute("SELECT 1 FROM processed_events WHERE event_id = 'from-ftrack-1'").fetchone()
+    # powertools' Logger: one JSON line per invocation, with what became of the batch.
+    [logged] = [json.loads(line) for line in logged_to.getvalue().splitlines() if '"batch applied"' in line]
+    assert {k: logged[k] for k in ("level", "service", "function", "records", "applied", "dead", "deferred")} == {
+        "level": "INFO", "service": "tierflow-lambda", "function": "on_scene_approved", "records": 1, "applied": 1,
+        "dead": 0, "deferred": 0}
 
 
 def test_a_payload_that_is_not_from_kafka_is_refused(lambda_env):
