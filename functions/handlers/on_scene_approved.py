@@ -26,10 +26,11 @@ def handle(event: SceneApproved, uow: UnitOfWork, ports: Ports) -> None:
         return  # approved before: nothing happens twice
     if scene["status"] != "generated":
         raise Conflict(f"scene {event.scene_id} is {scene['status']}; only a fully generated scene can be approved")
-    keys = scene_media_keys(uow.conn, event.scene_id)
-    if ports.settings.tags_media and any(key.startswith(EXPIRING_PREFIX) for key in keys):
-        # Before the approval commits: when S3 cannot take it, the approval waits and is tried again.
-        keep_media(ports.storage.s3, ports.storage.bucket, keys)
+    if ports.settings.tags_media:  # (a query per approval only where media are tagged)
+        keys = scene_media_keys(uow.conn, event.scene_id)
+        if any(key.startswith(EXPIRING_PREFIX) for key in keys):
+            # Before the approval commits: when S3 cannot take it, the approval waits and is tried again.
+            keep_media(ports.storage.s3, ports.storage.bucket, keys)
     lifecycle.approve_scene(uow.conn, event.scene_id)  # locked and generated: the guard holds
     request = upscale.auto_upscale_request(scene)
     if request:
