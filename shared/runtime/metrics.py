@@ -94,13 +94,12 @@ class StoredState:
             with db.connect(self.deps.database_url, connect_timeout=5) as conn:
                 rows = _stored_state(conn)
         except (psycopg.Error, ServiceUnavailable):
-            up = GaugeMetricFamily("tierflow_database_up", "Whether the last scrape could read the database.")
-            up.add_metric([], 0)
-            yield up
-            return
+            rows = None
         up = GaugeMetricFamily("tierflow_database_up", "Whether the last scrape could read the database.")
-        up.add_metric([], 1)
+        up.add_metric([], 0 if rows is None else 1)
         yield up
+        if rows is None:
+            return
 
         outbox = GaugeMetricFamily("tierflow_outbox_unsent", "Outbox events not yet relayed.")
         outbox.add_metric([], rows["outbox"]["unsent"])
