@@ -22,7 +22,7 @@ import binascii
 import time
 from collections.abc import Callable
 
-from events import InvalidEvent
+from events import InvalidEvent, tracing
 from functions.handlers.registry import FUNCTIONS
 from shared.bootstrap import Deps
 from shared.config import load_settings
@@ -82,6 +82,7 @@ def lambda_entrypoint(function: Function) -> Callable[[dict, object], dict]:
             from aws_lambda_powertools import Logger
 
             held["deps"] = Deps(load_settings(), source=f"urn:tierflow:{function.name}")
+            tracing.start_export(f"tierflow-{function.name}")
             # Not service "tierflow": powertools filters its service's name out of the root logger's
             # handlers, which would silence shared.logs ("tierflow") where both run.
             held["logger"] = Logger(service="tierflow-lambda")  # one per process: keys go in each line
@@ -104,6 +105,7 @@ def lambda_entrypoint(function: Function) -> Callable[[dict, object], dict]:
             "function": function.name, "records": len(messages), "applied": len(outcome.applied), "duplicates": len(outcome.duplicates),
             "dead": len(outcome.dead), "deferred": len(outcome.deferred), "waiting": len(outcome.waiting),
             "request_id": getattr(context, "aws_request_id", None)})
+        tracing.flush()
         return batch_item_failures(outcome)
 
     lambda_handler.__doc__ = f"Lambda entrypoint of {function.name}."

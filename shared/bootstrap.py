@@ -62,7 +62,7 @@ class Deps:
     def uow(self) -> Iterator[UnitOfWork]:
         """A new transaction for a state change and its events; commits when the block ends.
         (Handlers never open one: the runtime passes them the one it applies the event in.)"""
-        with self.connect() as conn, conn.transaction(), tracing.continued():
+        with self.connect() as conn, conn.transaction(), tracing.continued("unit of work"):
             yield UnitOfWork(conn, self.source)
 
     @cached_property

@@ -6,7 +6,7 @@ EXTRA_OF_MODULE = {
     "fastapi": "api", "starlette": "api", "uvicorn": "api",
     "pgserver": "embedded",
     "aws_lambda_powertools": "aws",
-    "prometheus_client": "observability",
+    "prometheus_client": "observability", "opentelemetry": "observability",
 }
 
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from events import InvalidEvent
+from events import InvalidEvent, tracing
 from functions.cli import (
     delivery,
     demo,
@@ -55,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         logs.configure(settings.log_format)
+        tracing.start_export(f"tierflow-{args.command}")
         deps = Deps(settings)
         return args.run(deps, args)
     except (TierflowError, InvalidEvent) as exc:

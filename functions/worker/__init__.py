@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from events import tracing
 from infra.process import age_seconds
 from shared import logs
 from shared.extras import missing_extra
@@ -103,6 +104,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         print(f"{prog}: {exc}", file=sys.stderr)
         return exc.exit_code
     logs.configure(settings.log_format)
+    try:
+        tracing.start_export("tierflow-worker")
+    except ModuleNotFoundError as exc:
+        print(f"{prog}: {missing_extra(exc)}", file=sys.stderr)
+        return 1
     # A worker stopped mid-transaction (SIGSTOP, a hung host) must not keep its job's row locked
     # past its lease: the lease sweeper skips locked rows.
     deps = Deps(settings, source="urn:tierflow:worker", idle_transaction_timeout=settings.job_lease_seconds)

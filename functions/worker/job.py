@@ -211,7 +211,10 @@ def run_job(deps: Deps, job: JobDocument, claim: Claim, *, device: str, pipeline
             held_since: float) -> GenerationCompleted:
     """Render, encode, upload and report one claimed job, in the trace it was queued in (see
     _run_job)."""
-    with tracing.scope(job.traceparent):
+    with tracing.scope(job.traceparent, name=f"generate {job.tier}", attributes={
+            "tierflow.job_id": job.job_id, "tierflow.scene_id": job.scene_id, "tierflow.segment_id": job.segment_id,
+            "tierflow.attempt": job.attempt, "tierflow.tier": job.tier, "tierflow.model": job.recipe.model,
+            "tierflow.device": device, "tierflow.width": job.width, "tierflow.height": job.height}):
         return _run_job(deps, job, claim, device=device, pipelines=pipelines, held_since=held_since)
 
 

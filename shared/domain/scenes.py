@@ -116,7 +116,8 @@ def approve(deps, scene_id: int, approved_by: str | None = None) -> str:
         scene = scene_row(uow.conn, scene_id, for_update=True)
         if scene["status"] not in lifecycle.FULLY_GENERATED:
             raise Conflict(f"scene {scene_id} is {scene['status']}; only a fully generated scene can be approved")
-        with tracing.scope(scene["traceparent"] or tracing.current()):  # the scene's trace goes on
+        with tracing.scope(scene["traceparent"] or tracing.current(), name="approve",  # the scene's trace goes on
+                           attributes={"tierflow.scene_id": scene_id}):
             return uow.emit(SceneApproved(scene_id=scene_id, approved_by=approved_by))
 
 

@@ -83,7 +83,8 @@ def request_upscale(deps, scene_id: int, target_tier: str, requested_by: str | N
             limits.check_tier(limits.project_limits(uow.conn, source["project"]), source["project"],
                               tiers.get_tier(uow.conn, target_tier), role)
         # The source scene's trace goes on: its upscale is part of the same story.
-        with tracing.scope(source["traceparent"] or tracing.current()):
+        with tracing.scope(source["traceparent"] or tracing.current(), name="request upscale",
+                           attributes={"tierflow.scene_id": scene_id, "tierflow.tier": target_tier}):
             target_id, _ = upscale_scene(uow.conn, uow.emit, scene_id, target_tier)
             uow.emit(UpscaleRequested(source_scene_id=scene_id, target_tier=target_tier, requested_by=requested_by))
     return target_id

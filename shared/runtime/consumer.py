@@ -143,7 +143,7 @@ def apply_batch(
             if message.lane in held_up:
                 outcome.waiting.append(message)
             else:
-                with tracing.scope(traceparent):  # what it emits continues the event's trace
+                with _span(function, event, event_id, traceparent):  # what it emits continues the event's trace
                     if not _apply_one(conn, uow, ports, function, message, event_id, event, retry, outcome):
                         held_up.add(message.lane)
     # 3. what had failed before and is done now is forgotten
@@ -151,6 +151,14 @@ def apply_batch(
     if done:
         conn.execute("DELETE FROM event_failures WHERE consumer = %s AND ref = ANY(%s)", [function.name, done])
     return outcome
+
+
+def _span(function: Function, event, event_id: str, traceparent: str | None):
+    """The trace context (when exporting, a consumer span) `function` applies an event in."""
+    return tracing.scope(traceparent, name=f"{function.name} {event.type}", kind="CONSUMER", attributes={
+        "messaging.system": "kafka", "messaging.operation.type": "process", "messaging.message.id": event_id,
+        "cloudevents.event_type": event.type, "cloudevents.event_subject": event.subject,
+        "faas.trigger": "pubsub", "tierflow.function": function.name})
 
 
 def _apply_together(conn, uow: UnitOfWork, ports: Ports, function: Function, parsed, outcome: Outcome) -> bool:
@@ -165,7 +173,7 @@ def _apply_together(conn, uow: UnitOfWork, ports: Ports, function: Function, par
                 if event_id in claimed:
                     claimed.discard(event_id)  # a second copy later in this batch is a duplicate
                     started = time.perf_counter()
-                    with tracing.scope(traceparent):  # what it emits continues the event's trace
+                    with _span(function, event, event_id, traceparent):  # what it emits continues the event's trace
                         function.handle(event, uow, ports)
                     seconds.append(time.perf_counter() - started)
                     applied.append(message)

@@ -23,11 +23,14 @@ class UnitOfWork:
         one unless `event_id` is given: a writer that retries keeps its id to tell whether an
         earlier try was committed)."""
         # Its own span in the current trace (events.tracing), or in a trace of its own.
-        cloud_event = envelope_for(event, source=self.source, id=event_id,
-                                   extensions={"traceparent": tracing.child(tracing.current())})
+        topic = topic_for(event.type)
+        traceparent = tracing.child(tracing.current(), name=f"send {event.type}", attributes={
+            "messaging.system": "kafka", "messaging.destination.name": topic, "cloudevents.event_type": event.type,
+            "cloudevents.event_subject": event.subject, "cloudevents.event_source": self.source})
+        cloud_event = envelope_for(event, source=self.source, id=event_id, extensions={"traceparent": traceparent})
         self.conn.execute(
             "INSERT INTO outbox (event_id, topic, message_key, payload) VALUES (%s, %s, %s, %s)",
-            [cloud_event.id, topic_for(event.type), cloud_event.subject,
+            [cloud_event.id, topic, cloud_event.subject,
              Jsonb(cloud_event.model_dump(mode="json", exclude_none=True))],
         )
         return cloud_event.id

@@ -29,7 +29,7 @@ WORKER = ["torch", "diffusers", "transformers", "safetensors"]
 API = ["fastapi", "starlette", "uvicorn"]
 EMBEDDED = ["pgserver"]
 AWS = ["aws_lambda_powertools"]
-OBSERVABILITY = ["prometheus_client"]
+OBSERVABILITY = ["prometheus_client", "opentelemetry.sdk", "opentelemetry.exporter"]  # (fastapi brings opentelemetry-api)
 TEST = ["pytest", "hypothesis", "jsonschema", "moto", "cfnlint", "yaml", "httpx", "schemathesis", "selenium"]
 
 
@@ -76,6 +76,12 @@ def test_a_core_only_install_runs_the_cli_and_says_which_extra_a_command_needs(t
     assert worker.returncode == 1
     assert worker.stderr.strip().endswith(
         "needs the 'worker' extra (torch is not installed): pip install 'tierflow[worker]'")
+
+    # Told to export traces, a process that cannot refuses to run untraced.
+    traced = _tierflow({**env, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}, "db", "status")
+    assert traced.returncode == 1
+    assert traced.stderr.startswith("tierflow db: needs the 'observability' extra (opentelemetry")
+    assert traced.stderr.strip().endswith("pip install 'tierflow[observability]'")
 
     embedded = _tierflow({k: v for k, v in env.items() if k != "TIERFLOW_DATABASE_URL"}, "db", "status")
     assert embedded.returncode == 1
