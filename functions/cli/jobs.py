@@ -14,6 +14,10 @@ from shared.errors import InvalidInput
 from shared.runtime import drive
 
 DEPLOYED = list(FUNCTIONS.values())  # what `--wait` runs on the embedded bus
+# What a command applies itself when no runtime process serves (read your writes): all but the
+# handler that starts workers, which would stop when the command exits. Generation runs where
+# workers run: `serve`, or a command's --wait.
+APPLIED_HERE = [f for f in DEPLOYED if f.name != "on_generation_requested"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +136,7 @@ def cmd_jobs_submit(deps, args) -> int:
         raise InvalidInput(f"missing {', '.join(missing)} (on the command line or in the spec file)")
     scene_id = scenes.submit_scene(deps, project=spec["project"], name=spec["scene"], aspect=spec["aspect"],
                                    segments=spec["segments"], tier=spec["tier"], model=spec["model"])
+    _applied(deps, args)
     return _show_result(deps, scene_id, args)
 
 
@@ -151,6 +156,13 @@ def cmd_scenes_list(deps, args) -> int:
     return 0
 
 
+def _applied(deps, args) -> None:
+    """Before a command that changed something returns: its events applied unless a runtime
+    process serves (--wait runs everything, workers included, anyway)."""
+    if not args.wait:
+        drive.apply_unserved(deps, DEPLOYED, APPLIED_HERE)
+
+
 def _show_result(deps, scene_id: int, args) -> int:
     scene = wait_for_scene(deps, scene_id) if args.wait else None
     if scene is None:
@@ -165,6 +177,7 @@ def _show_result(deps, scene_id: int, args) -> int:
 
 def cmd_scenes_upscale(deps, args) -> int:
     target_id = upscale.request_upscale(deps, args.scene_id, args.to, requested_by="cli")
+    _applied(deps, args)
     if args.json and not args.wait:
         with deps.connect() as conn:
             print(json.dumps({"target_scene_id": target_id, **scenes.get_scene(conn, target_id)}, indent=2))
@@ -174,9 +187,19 @@ def cmd_scenes_upscale(deps, args) -> int:
 
 def cmd_scenes_approve(deps, args) -> int:
     event_id = scenes.approve(deps, args.scene_id, approved_by="cli")
+    _applied(deps, args)
     if not args.wait:
-        print(json.dumps({"event_id": event_id, "scene_id": args.scene_id}) if args.json
-              else f"published scene.approved for scene {args.scene_id} (event {event_id})")
+        with deps.connect() as conn:
+            applied = drive.approval_settled(conn, args.scene_id, event_id)
+            target = drive.upscale_target_of(conn, args.scene_id) if applied else None
+        if args.json:
+            print(json.dumps({"event_id": event_id, "scene_id": args.scene_id, "applied": applied,
+                              "upscale_target_scene_id": target}))
+        elif applied:
+            print(f"scene {args.scene_id} approved (event {event_id})"
+                  + (f"; upscaling automatically as scene {target}" if target else ""))
+        else:
+            print(f"published scene.approved for scene {args.scene_id} (event {event_id}); the running runtime applies it")
         return 0
     # Until the approval is applied, then through the automatic upscale if there is one.
     drive.run_until(deps, DEPLOYED, lambda conn: drive.approval_settled(conn, args.scene_id, event_id),
@@ -188,6 +211,7 @@ def cmd_scenes_approve(deps, args) -> int:
 
 def cmd_scenes_retry(deps, args) -> int:
     jobs = scenes.retry_failed_segments(deps, args.scene_id)
+    _applied(deps, args)
     if not args.json and not args.wait:
         print(f"retrying {len(jobs)} failed segment(s) of scene {args.scene_id}: job(s) {', '.join(map(str, jobs))}")
         return 0

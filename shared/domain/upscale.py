@@ -8,6 +8,8 @@ the recipe hashes are equal. One target per source and tier: the database refuse
 repeated, redelivered or concurrent request returns the first.
 """
 
+import time
+
 import psycopg
 
 from events import (
@@ -23,6 +25,13 @@ from shared.domain.dimensions import AspectRatio
 from shared.domain.recipe import recipe_of
 from shared.domain.scenes import create_scene, latest_attempt, scene_row
 from shared.errors import Conflict
+
+# How long an upscale waits for the source's approval that was published and is not applied yet.
+APPROVAL_WAIT_SECONDS = 15.0
+
+
+class NotApproved(Conflict):
+    """A deliverable target asked of a source that is not approved."""
 
 
 def upscale_scene(conn: psycopg.Connection, emit, scene_id: int, target_tier: str) -> tuple[int, bool]:
@@ -48,7 +57,7 @@ def upscale_scene(conn: psycopg.Connection, emit, scene_id: int, target_tier: st
     if source["status"] not in lifecycle.FULLY_GENERATED:
         raise Conflict(f"scene {scene_id} is {source['status']}; only a fully generated scene can be upscaled")
     if target.is_deliverable and source["status"] != "approved":
-        raise Conflict(
+        raise NotApproved(
             f"scene {scene_id} is not approved; approve it before upscaling to {target.label}: "
             f"tierflow scenes approve {scene_id}"
         )
@@ -76,7 +85,36 @@ def request_upscale(deps, scene_id: int, target_tier: str, requested_by: str | N
                     role: str | None = None) -> int:
     """One click: create the target scene now (so its id can be shown) and record the request as
     an `upscale.requested` event; its handler finds the same target and does nothing twice. An
-    artist (`role`) stays within the project's artist tier (shared.domain.limits)."""
+    artist (`role`) stays within the project's artist tier (shared.domain.limits).
+
+    A source whose approval was published but is not applied yet (a runtime process applies it
+    a moment later) is waited for, up to APPROVAL_WAIT_SECONDS: approve then upscale works
+    wherever the handlers run."""
+    try:
+        return _request_upscale(deps, scene_id, target_tier, requested_by, role)
+    except NotApproved as refused:
+        with deps.connect() as conn:
+            if not approval_pending(conn, scene_id):
+                raise
+            deadline = time.monotonic() + APPROVAL_WAIT_SECONDS
+            while approval_pending(conn, scene_id):
+                if time.monotonic() > deadline:
+                    raise NotApproved(f"{refused}; its approval was published but no runtime process applied it "
+                                      f"within {APPROVAL_WAIT_SECONDS:g} s (is `tierflow serve` or `tierflow consume` "
+                                      "running?)") from None
+                time.sleep(0.1)
+    return _request_upscale(deps, scene_id, target_tier, requested_by, role)
+
+
+def approval_pending(conn: psycopg.Connection, scene_id: int) -> bool:
+    """A `scene.approved` of the scene is in the outbox and not applied yet."""
+    return conn.execute(
+        """SELECT 1 FROM outbox o WHERE o.topic = 'scene.approved' AND o.message_key = %s AND NOT EXISTS (
+               SELECT 1 FROM processed_events p WHERE p.consumer = 'on_scene_approved' AND p.event_id = o.event_id)
+           LIMIT 1""", [str(scene_id)]).fetchone() is not None
+
+
+def _request_upscale(deps, scene_id: int, target_tier: str, requested_by: str | None, role: str | None) -> int:
     with deps.uow() as uow:
         source = scene_row(uow.conn, scene_id)
         if role is not None:

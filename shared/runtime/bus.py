@@ -105,6 +105,7 @@ def run_bus(
     def loop() -> None:
         with deps.connect() as conn:
             listen_for_outbox(conn)
+            hold_serving(conn, functions)  # again on each reconnect: the locks went with the old session
             while not should_stop():
                 if not step(conn, deps, subscribers, functions, on_outcome):
                     wait_for_outbox(conn, idle_seconds)
@@ -112,6 +113,24 @@ def run_bus(
 
     supervised = supervision or Supervised("embedded bus")
     supervised.run(loop, should_stop)
+
+
+def _serving_key(function: Function) -> str:
+    return f"tierflow.serving.{function.name}"
+
+
+def hold_serving(conn: psycopg.Connection, functions: Sequence[Function]) -> None:
+    """Say, for as long as this session lasts, that a runtime process serves `functions`: a shared
+    lock per function, which the server drops when the process dies or its connection does."""
+    for function in functions:
+        conn.execute("SELECT pg_advisory_lock_shared(hashtext(%s))", [_serving_key(function)])
+
+
+def unserved(conn: psycopg.Connection, functions: Sequence[Function]) -> list[Function]:
+    """The functions no runtime process serves now (`hold_serving`)."""
+    # In autocommit each SELECT is its own transaction: the lock it took is gone when it returns.
+    return [f for f in functions if conn.execute(
+        "SELECT pg_try_advisory_xact_lock(hashtext(%s)) AS free", [_serving_key(f)]).fetchone()["free"]]
 
 
 def drain(deps, subscribers: Sequence[Function], functions: Sequence[Function], on_outcome=None) -> None:

@@ -143,6 +143,18 @@ def run_until(deps, functions: Sequence[Function], done: Callable[[psycopg.Conne
                 time.sleep(0.2)
 
 
+def apply_unserved(deps, subscribers: Sequence[Function], functions: Sequence[Function]) -> None:
+    """Read your writes on the embedded bus: apply now, in this process, what is pending for those
+    of `functions` that no runtime process (`serve`, `consume`) serves, with the events they
+    cause; when one serves, it applies them. On Kafka the consumers apply them, elsewhere."""
+    if not deps.settings.embedded_bus:
+        return
+    with deps.connect() as conn:
+        here = bus.unserved(conn, functions)
+        while here and bus.step(conn, deps, subscribers, here):
+            pass
+
+
 def follow_scene(deps, functions: Sequence[Function], scene_id: int,
                  on_change: Callable[[dict], None] | None = None) -> dict:
     """Run until the scene is generated or failed; `on_change(scene)` sees it at every tick.
