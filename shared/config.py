@@ -84,6 +84,17 @@ class Settings(BaseSettings):
         description="How long an event that fails for a reason that may pass (S3 503, throttling) is retried "
                     "before it is dead-lettered (0: at once).",
     )
+    webhook_retry_seconds: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="A webhook POST that failed is tried again after this long, doubling each time (at most an hour).",
+    )
+    webhook_disable_after_seconds: float = Field(
+        default=86400.0, gt=0,
+        description="A webhook endpoint that has failed every try for this long is disabled, with the reason.",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="How long a webhook receiver has to answer a POST.",
+    )
     delivery_redrive_seconds: float = Field(
         default=600.0, ge=10, le=86400,
         description="A delivery still undecided after this long is requested again (3 times, then rejected).",
@@ -183,6 +194,9 @@ class Settings(BaseSettings):
             "affinity_max_wait_seconds": str(self.affinity_max_wait_seconds),
             "transient_retry_seconds": str(self.transient_retry_seconds),
             "delivery_redrive_seconds": str(self.delivery_redrive_seconds),
+            "webhook_retry_seconds": str(self.webhook_retry_seconds),
+            "webhook_disable_after_seconds": str(self.webhook_disable_after_seconds),
+            "webhook_timeout_seconds": str(self.webhook_timeout_seconds),
             "shutdown_grace_seconds": str(self.shutdown_grace_seconds),
             "event_retention_days": str(self.event_retention_days),
             "max_attempts": str(self.max_attempts),

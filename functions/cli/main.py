@@ -21,6 +21,7 @@ from functions.cli import (
     serve,
     stack,
     tiers,
+    webhooks,
 )
 from functions.cli.parsing import Parser
 from shared import logs
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack.register_db(commands)
     tiers.register(commands)
     stack.register(commands)
-    for group in (events, jobs, models, delivery, infra, serve):
+    for group in (events, jobs, models, webhooks, delivery, infra, serve):
         group.register(commands)
     stack.register_config(commands)
     return parser

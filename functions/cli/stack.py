@@ -107,16 +107,19 @@ def cmd_db_prune(deps, args) -> int:
 
 def start_upkeep(deps, stop) -> list[Supervised]:
     """The background loops of `serve`, `consume` and `relay`, threads until `stop` is set: the
-    sweeper (lost workers' jobs, undecided deliveries) and the hourly event pruning; returns
-    their supervisions."""
+    sweeper (lost workers' jobs, undecided deliveries), the hourly event pruning and the webhook
+    sender; returns their supervisions."""
     def say(line: str) -> None:
         print(line, flush=True)
 
     sweeper = Supervised("sweeper", say, stale_after=max(60.0, 3 * drive.sweep_period(deps.settings)))
     pruning = Supervised("event pruning", say, stale_after=3 * drive.PRUNE_EVERY_SECONDS)
-    for name, loop, supervised in (("sweeper", drive.sweep_until, sweeper), ("event-pruning", drive.prune_until, pruning)):
+    # Stale only when stuck: a round POSTs up to 50 events, each given TIERFLOW_WEBHOOK_TIMEOUT_SECONDS.
+    sender = Supervised("webhook sender", say, stale_after=60.0 + 50 * deps.settings.webhook_timeout_seconds)
+    for name, loop, supervised in (("sweeper", drive.sweep_until, sweeper), ("event-pruning", drive.prune_until, pruning),
+                                   ("webhook-sender", drive.send_webhooks_until, sender)):
         threading.Thread(target=loop, name=name, daemon=True, args=(deps, stop.is_set, supervised)).start()
-    return [sweeper, pruning]
+    return [sweeper, pruning, sender]
 
 
 def register_db(commands) -> None:

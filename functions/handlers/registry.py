@@ -3,6 +3,7 @@ the AWS template run."""
 
 from functions.handlers import (
     on_delivery_requested,
+    on_event_webhooks,
     on_generation_requested,
     on_generation_result,
     on_scene_approved,
@@ -13,5 +14,5 @@ from shared.runtime.consumer import Function
 FUNCTIONS: dict[str, Function] = {
     f.name: f
     for f in (on_scene_approved.FUNCTION, on_upscale_requested.FUNCTION, on_generation_requested.FUNCTION,
-              on_generation_result.FUNCTION, on_delivery_requested.FUNCTION)
+              on_generation_result.FUNCTION, on_delivery_requested.FUNCTION, on_event_webhooks.FUNCTION)
 }

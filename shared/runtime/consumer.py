@@ -39,6 +39,9 @@ class Function:
     # Apply each event in its own savepoint, never a batch at once: for handlers with an effect
     # outside the database (dispatching GPU work), which re-applying a batch would repeat.
     isolated: bool = False
+    # Handle the whole CloudEvent (id, source, time, extensions and data as received) instead of
+    # its data's model: for handlers that pass events on (webhooks). It is validated all the same.
+    takes_envelope: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,8 @@ def apply_batch(
         except InvalidEvent as exc:
             outcome.dead.append((message, str(exc)))
             continue
-        parsed.append((message, cloud_event.id, event, cloud_event.extensions.get("traceparent")))
+        parsed.append((message, cloud_event.id, cloud_event if function.takes_envelope else event,
+                       cloud_event.extensions.get("traceparent")))
     uow = UnitOfWork(conn, source=f"urn:tierflow:{function.name}")
     # 2. claim and handle: all at once, or (after a failure, or when isolated) one by one
     if function.isolated or not _apply_together(conn, uow, ports, function, parsed, outcome):

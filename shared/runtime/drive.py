@@ -87,6 +87,26 @@ def sweep_until(deps, should_stop: Callable[[], bool], supervised: Supervised) -
     supervised.run(loop, should_stop)
 
 
+WEBHOOK_POLL_SECONDS = 1.0
+
+
+def send_webhooks_until(deps, should_stop: Callable[[], bool], supervised: Supervised) -> None:
+    """The webhook sender of `serve`, `consume` and `relay` (shared.domain.webhooks): POSTs what
+    is due, checking every WEBHOOK_POLL_SECONDS while nothing is; a failed try is said."""
+    from shared.domain import webhooks
+
+    def loop() -> None:
+        while not should_stop():
+            sent = webhooks.send_due(deps)
+            supervised.cycle()
+            for line in sent["failures"]:
+                supervised.log(f"webhooks: {line}")
+            if not sent["delivered"] and not sent["failures"]:
+                wait_unless_stopped(should_stop, WEBHOOK_POLL_SECONDS)
+
+    supervised.run(loop, should_stop)
+
+
 PRUNE_EVERY_SECONDS = 3600.0
 
 
@@ -173,7 +193,8 @@ def follow_scene(deps, functions: Sequence[Function], scene_id: int,
 def approval_settled(conn: psycopg.Connection, scene_id: int, event_id: str) -> bool:
     """The approval event was applied and, where the project upscales automatically, the
     target scene exists."""
-    applied = conn.execute("SELECT 1 FROM processed_events WHERE event_id = %s", [event_id]).fetchone()
+    applied = conn.execute("SELECT 1 FROM processed_events WHERE consumer = 'on_scene_approved' AND event_id = %s",
+                           [event_id]).fetchone()  # (the webhooks handler takes it too)
     if not applied:
         return False
     expects_target = upscale.auto_upscale_request(scenes.scene_row(conn, scene_id)) is not None

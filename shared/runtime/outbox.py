@@ -56,6 +56,10 @@ _PRUNE = {
                                SELECT ctid FROM processed_events
                                WHERE processed_at < now() - make_interval(secs => %(seconds)s)
                                ORDER BY processed_at LIMIT %(batch)s)""",
+    # What a webhook receiver acknowledged (undelivered rows stay: they are the retries).
+    "webhook_deliveries": """DELETE FROM webhook_deliveries WHERE ctid IN (
+                                 SELECT ctid FROM webhook_deliveries
+                                 WHERE delivered_at < now() - make_interval(secs => %(seconds)s) LIMIT %(batch)s)""",
 }
 
 

@@ -36,8 +36,8 @@ def test_approval_with_auto_upscale_requests_the_upscale(deps, conn):
     assert requested["data"] == {"source_scene_id": scene, "target_tier": "production",
                                  "requested_by": "auto-upscale", "schema_version": 1}
     assert requested["subject"] == str(scene) and requested["source"] == "urn:tierflow:on_scene_approved"
-    assert conn.execute("SELECT consumer FROM processed_events WHERE event_id = %s", [event_id]).fetchall() == [
-        {"consumer": "on_scene_approved"}]
+    assert conn.execute("SELECT consumer FROM processed_events WHERE event_id = %s ORDER BY consumer",
+                        [event_id]).fetchall() == [{"consumer": "on_event_webhooks"}, {"consumer": "on_scene_approved"}]
     assert conn.execute("SELECT count(*) AS n FROM bus_deliveries").fetchone()["n"] == 0
 
 
@@ -82,8 +82,12 @@ def test_malformed_and_refused_events_are_dead_lettered_and_the_next_one_is_appl
     _publish(deps, SceneApproved(scene_id=good))
     bus.drain(deps, ALL, ALL)
 
-    reasons = [r["reason"] for r in conn.execute("SELECT reason FROM dead_letters ORDER BY id")]
+    reasons = [r["reason"] for r in conn.execute(
+        "SELECT reason FROM dead_letters WHERE consumer = 'on_scene_approved' ORDER BY id")]
     assert len(reasons) == 3
+    # Every consumer of the topic dead-letters the malformed event (the webhooks one too), and only that.
+    assert [r["reason"] for r in conn.execute(
+        "SELECT reason FROM dead_letters WHERE consumer = 'on_event_webhooks'")] == reasons[:1]
     assert reasons[0] == ("invalid scene.approved event: id: Field required; source: Field required; "
                           "subject: Field required; time: Field required; data: Field required")
     assert reasons[1] == "refused: scene 999999 does not exist"
@@ -215,7 +219,8 @@ def test_events_relayed_while_a_function_is_not_running_wait_for_it(deps, conn):
     scene = make_scene(conn)
     _publish(deps, SceneApproved(scene_id=scene))
     bus.drain(deps, ALL, [])  # only the relay runs
-    assert conn.execute("SELECT consumer FROM bus_deliveries").fetchall() == [{"consumer": "on_scene_approved"}]
+    assert conn.execute("SELECT consumer FROM bus_deliveries ORDER BY consumer").fetchall() == [
+        {"consumer": "on_event_webhooks"}, {"consumer": "on_scene_approved"}]
     bus.drain(deps, ALL, ALL)
     assert conn.execute("SELECT status FROM scenes WHERE id = %s", [scene]).fetchone()["status"] == "approved"
 
@@ -303,7 +308,8 @@ def test_pruning_deletes_old_sent_events_and_records_but_nothing_still_needed(de
     conn.execute("INSERT INTO event_failures (consumer, ref, first_failed_at, last_error, retry_at) VALUES "
                  "('c', 'gone', now() - interval '8 days', 'x', now()), ('c', 'failing', now(), 'x', now())")
 
-    assert outbox_module.prune(conn, 7, batch_size=2) == {"outbox": 5, "event_failures": 1, "processed_events": 7}
+    assert outbox_module.prune(conn, 7, batch_size=2) == {"outbox": 5, "event_failures": 1, "processed_events": 7,
+                                                          "webhook_deliveries": 0}
     left = {r["id"] for r in conn.execute("SELECT id FROM outbox")}
     assert left == {recent, unsent, undelivered, dead} and not left & set(old)
     assert [r["event_id"] for r in conn.execute("SELECT event_id FROM processed_events")] == ["new"]
@@ -311,7 +317,8 @@ def test_pruning_deletes_old_sent_events_and_records_but_nothing_still_needed(de
     done = run_cli("db", "prune", "--json", env={"TIERFLOW_DATABASE_URL": database_url})
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"older_than_days": 7.0,
-                                       "deleted": {"outbox": 0, "event_failures": 0, "processed_events": 0}}
+                                       "deleted": {"outbox": 0, "event_failures": 0, "processed_events": 0,
+                                                   "webhook_deliveries": 0}}
     assert [r["ref"] for r in conn.execute("SELECT ref FROM event_failures")] == ["failing"]
     refused = run_cli("db", "prune", "--older-than", "0", env={"TIERFLOW_DATABASE_URL": database_url})
     assert refused.returncode == 2 and "argument --older-than: 0 is not above 0" in refused.stderr

@@ -78,7 +78,8 @@ def test_approval_with_auto_upscale_gives_a_linked_production_scene(gen_deps, co
     second = scenes.approve(gen_deps, draft_id)
     run_until(gen_deps, lambda conn: True)
     assert _scene_count(conn) == 2
-    assert conn.execute("SELECT count(*) AS n FROM processed_events WHERE event_id = %s", [second]).fetchone()["n"] == 1
+    assert conn.execute("SELECT count(*) AS n FROM processed_events WHERE consumer = 'on_scene_approved' "
+                        "AND event_id = %s", [second]).fetchone()["n"] == 1
     assert conn.execute("SELECT count(*) AS n FROM dead_letters").fetchone()["n"] == 0
 
 
