@@ -1,7 +1,8 @@
 """delivery.requested: deliver Production only, verified, or refuse with every reason.
 
 The rule is `shared.domain.delivery.delivery_problems`; on success the files are copied under
-`deliveries/<id>/` with a manifest, exactly as they were checked (`deliver_checked`), on refusal
+`deliveries/<id>/` with a manifest and an ASC MHL hash list (`ascmhl/`), exactly as they were checked
+(`deliver_checked`), on refusal
 nothing is copied. The delivery row moves from
 `requested` exactly once, so the same event twice gives one outcome.
 """
@@ -21,7 +22,7 @@ def handle(event: DeliveryRequested, uow: UnitOfWork, ports: Ports) -> None:
     if requested is None:
         return  # decided before
     s3, bucket = ports.storage.s3, ports.storage.bucket
-    checked: dict[str, str] = {}
+    checked: dict[str, delivery.Checked] = {}
     reasons = delivery.delivery_problems(uow.conn, s3, bucket, requested["project"], event.scene_ids, probe_video,
                                          checked)
     if reasons:

@@ -126,7 +126,7 @@ def scene_events(scene_id: Id, key: Viewer, conn: Conn, deps: Deps, request: Req
 
 
 @router.get("/api/scenes/{scene_id}/segments/{position}/{kind}", responses={
-    200: {"content": {"image/png": {}, "video/mp4": {}}}, 206: {"description": "the requested byte range"},
+    200: {"content": {"image/png": {}, "video/mp4": {}, "video/quicktime": {}}}, 206: {"description": "the requested byte range"},
     404: ERRORS[404], 416: {"description": "range outside the file", "content": PROBLEM_SCHEMA}})
 def segment_file(scene_id: Id, position: Annotated[int, PathParam(ge=0, le=10_000)], kind: str,
                  _: Viewer, conn: Conn, deps: Deps, byte_range: Annotated[str | None, Header(alias="Range")] = None
@@ -142,6 +142,8 @@ def segment_file(scene_id: Id, position: Annotated[int, PathParam(ge=0, le=10_00
     key = (segment["outputs"] or {}).get(output)
     if key is None:
         raise NotFound(f"segment {position} of scene {scene_id} has no {kind} (yet)")
+    if key.endswith(".mov"):  # a ProRes or DNxHR master
+        media_type = "video/quicktime"
     # Byte ranges let the browser's video player seek; S3 answers them itself.
     ranged = byte_range is not None and RANGE.fullmatch(byte_range) is not None
     try:

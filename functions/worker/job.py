@@ -229,9 +229,10 @@ def _run_job(deps: Deps, job: JobDocument, claim: Claim, *, device: str, pipelin
     worker's to report any more, or the database cannot take the report.
     """
     from shared.adapters.storage import put_media
+    from shared.domain.tiers import output_format
     from shared.media.models import ModelChanged, ModelNotFound
     from shared.media.pipeline import render
-    from shared.media.video import encode_mp4, poster_png
+    from shared.media.video import encode_video, poster_png
 
     ids = {"job_id": job.job_id, "scene_id": job.scene_id, "segment_id": job.segment_id}
     worker = {"worker_id": claim.worker_id}
@@ -249,14 +250,16 @@ def _run_job(deps: Deps, job: JobDocument, claim: Claim, *, device: str, pipelin
             on_step=lambda step, total: claim.report(GenerationProgress(**ids, step=step, total_steps=total)),
         )
         device_seconds = time.monotonic() - started
-        video = encode_mp4(frames, recipe.fps, job.quality_settings)
+        video = encode_video(frames, recipe.fps, job.quality_settings)
         sha256 = hashlib.sha256(video).hexdigest()
-        keys = {name: job.output_prefix + name for name in ("video.mp4", "poster.png", "metadata.json")}
+        target = output_format(job.quality_settings)  # video.mp4, or video.mov for a ProRes / DNxHR master
+        video_name = f"video.{target.extension}"
+        keys = {name: job.output_prefix + name for name in (video_name, "poster.png", "metadata.json")}
         metadata = {
             **ids, "attempt": job.attempt, "tier": job.tier, "recipe": recipe.model_dump(mode="json"),
             "width": job.width, "height": job.height, "frames": int(frames.shape[0]), "fps": recipe.fps,
             "sha256": sha256, "device": device, "device_seconds": round(device_seconds, 3),
-            "quality_settings": job.quality_settings, "video_key": keys["video.mp4"],
+            "quality_settings": job.quality_settings, "video_key": keys[video_name],
         }
         s3 = deps.s3
         similarity = {}
@@ -264,12 +267,12 @@ def _run_job(deps: Deps, job: JobDocument, claim: Claim, *, device: str, pipelin
             similarity = _compare(s3, deps.bucket, job, frames, tag=deps.settings.tags_media)
             metadata.update({k: v for k, v in similarity.items() if k != "comparison_key"})  # or the reason
         tag = deps.settings.tags_media
-        put_media(s3, deps.bucket, keys["video.mp4"], video, "video/mp4", tag=tag)
+        put_media(s3, deps.bucket, keys[video_name], video, target.content_type, tag=tag)
         put_media(s3, deps.bucket, keys["poster.png"], poster_png(frames), "image/png", tag=tag)
         put_media(s3, deps.bucket, keys["metadata.json"], json.dumps(metadata, indent=2).encode(), "application/json",
                   tag=tag)
         completed = GenerationCompleted(
-            **ids, video_key=keys["video.mp4"], poster_key=keys["poster.png"], metadata_key=keys["metadata.json"],
+            **ids, video_key=keys[video_name], poster_key=keys["poster.png"], metadata_key=keys["metadata.json"],
             sha256=sha256, width=job.width, height=job.height, frames=int(frames.shape[0]), device=device,
             device_seconds=round(device_seconds, 3), load_seconds=round(load_seconds, 3), batch_size=1,
             held_seconds=round(time.monotonic() - held_since, 3), **worker, **similarity)

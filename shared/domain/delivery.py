@@ -7,18 +7,33 @@ a scene of a non-deliverable tier (a trigger), so a bug elsewhere cannot ship a 
 
 import hashlib
 import json
+import posixpath
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
 
 import psycopg
 
 from events import DeliveryCompleted, DeliveryRejected, DeliveryRequested, RejectionReason
 from events.models import MAX_SCENES_PER_DELIVERY
-from shared.domain import lifecycle, tiers
+from shared.domain import delivery_mhl, lifecycle, tiers
 from shared.domain.scenes import ancestry, latest_attempt
 from shared.errors import InvalidInput, NotFound
 
-# (width, height, frame count) of a video file, found by decoding it (shared.media.video.probe_video).
+# What a video file holds, found by decoding it (shared.media.video.probe_video): it unpacks as
+# (width, height, frame count) and has the stream's .codec, .profile and .timecode.
 Probe = Callable[[bytes], tuple[int, int, int]]
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A file as `delivery_problems` checked it: its ETag then, and what it probed as."""
+
+    etag: str
+    codec: str | None
+    profile: str | None
+    timecode: str | None
 
 PRESIGNED_URL_SECONDS = 7 * 24 * 3600  # a week: long enough to hand over, short enough to expire
 
@@ -35,17 +50,18 @@ def _deliverable_tier(conn: psycopg.Connection) -> str:
 
 
 def delivery_problems(conn: psycopg.Connection, s3, bucket: str, project: str, scene_ids: list[int],
-                      probe_video: Probe, checked: dict[str, str] | None = None) -> list[RejectionReason]:
+                      probe_video: Probe, checked: dict[str, Checked] | None = None) -> list[RejectionReason]:
     """Every reason the scenes cannot be delivered for `project` (empty: they can). Reads S3:
     each segment's file must exist, match the sha256 in its metadata, and decode (`probe_video`)
-    to the scene's width, height and frame count. `checked` receives the ETag of each file as it
-    was checked, by key: what `deliver_checked` copies."""
+    to the scene's width, height and frame count, in the codec and profile its tier's quality
+    settings give. `checked` receives each file as it was checked (its ETag, what it probed as),
+    by key: what `deliver_checked` copies."""
     target = _deliverable_tier(conn)
     reasons = []
     for scene_id in scene_ids:
         scene = conn.execute(
             """SELECT s.id, s.status, s.width, s.height, p.name AS project, t.name AS tier,
-                      deliverable_tier(t) AS is_deliverable
+                      t.quality_settings, deliverable_tier(t) AS is_deliverable
                FROM scenes s JOIN projects p ON p.id = s.project_id JOIN resolution_tiers t ON t.id = s.resolution_tier_id
                WHERE s.id = %s""",
             [scene_id],
@@ -85,7 +101,8 @@ def _segments(conn: psycopg.Connection, scene_id: int) -> list[dict]:
 
 
 def _file_problems(conn, s3, bucket: str, scene: dict, tier: str, probe_video,
-                   checked: dict[str, str]) -> list[RejectionReason]:
+                   checked: dict[str, Checked]) -> list[RejectionReason]:
+    expected = tiers.output_format(scene["quality_settings"])
     reasons = []
     for segment in _segments(conn, scene["id"]):
         where = f"Scene {scene['id']} segment {segment['position']}"
@@ -108,17 +125,26 @@ def _file_problems(conn, s3, bucket: str, scene: dict, tier: str, probe_video,
                                    f"it was changed after generation."))
             continue
         try:
-            width, height, frames = probe_video(video)
+            probe = probe_video(video)
         except InvalidInput:
-            width = height = frames = None
-        expected = (scene["width"], scene["height"], segment["frames"])
-        if (width, height, frames) != expected:
+            probe = None
+        width, height, frames = probe if probe is not None else (None, None, None)
+        size = (scene["width"], scene["height"], segment["frames"])
+        if (width, height, frames) != size:
             reasons.append(_reason(
                 "FILE_MISMATCH", scene["id"], tier,
-                f"{where}: the file is {width}×{height} with {frames} frames, not {expected[0]}×{expected[1]} "
-                f"with {expected[2]}."))
+                f"{where}: the file is {width}×{height} with {frames} frames, not {size[0]}×{size[1]} "
+                f"with {size[2]}."))
             continue
-        checked[segment["video_key"]] = got["ETag"]
+        # The codec, and for a master its profile, must be what the tier's quality settings give.
+        found = tiers.OutputFormat(probe.codec or "an unknown codec", probe.profile if expected.profile else None, None)
+        if (found.codec, found.profile) != (expected.codec, expected.profile):
+            reasons.append(_reason(
+                "FILE_MISMATCH", scene["id"], tier,
+                f"{where}: the file is {found.label}, not {expected.label} as tier {tier}'s quality settings "
+                f"require (were they changed after it was generated?)."))
+            continue
+        checked[segment["video_key"]] = Checked(got["ETag"], probe.codec, probe.profile, probe.timecode)
     return reasons
 
 
@@ -161,18 +187,24 @@ def lock_requested(conn: psycopg.Connection, delivery_id: int) -> dict | None:
 
 
 def deliver_checked(conn: psycopg.Connection, s3, bucket: str, delivery: dict, scene_ids: list[int],
-                    checked: dict[str, str]) -> DeliveryCompleted | DeliveryRejected:
+                    checked: dict[str, Checked]) -> DeliveryCompleted | DeliveryRejected:
     """Copy the files `delivery_problems` checked under deliveries/<id>/, write the manifest and
-    mark the delivery completed; returns the event that says so.
+    its ASC MHL history (`ascmhl/`: xxh64 of every file, the manifest's too) and mark the delivery
+    completed; returns the event that says so.
 
     What is checked is what is delivered: each copy is made only if its source still has the ETag
     it had when checked (CopySourceIfMatch), and the copy itself is read back and hashed; the
-    manifest records that hash. A file changed in between rejects the delivery (FILE_CHANGED), and
-    no manifest is written."""
+    manifest and the hash list record those hashes. A file changed in between rejects the delivery
+    (FILE_CHANGED), and nothing is left under deliveries/<id>/."""
     prefix = f"deliveries/{delivery['id']}/"
-    manifest = {"delivery_id": delivery["id"], "project": delivery["project"], "scenes": []}
+    created = datetime.now(timezone.utc)
+    mhl_name = delivery_mhl.generation_name(str(delivery["id"]), created)
+    mhl_keys = {"key": f"{prefix}{delivery_mhl.FOLDER}/{mhl_name}",
+                "chain_key": f"{prefix}{delivery_mhl.FOLDER}/{delivery_mhl.CHAIN_FILE}"}
+    manifest = {"delivery_id": delivery["id"], "project": delivery["project"], "scenes": [],
+                "mhl": {**mhl_keys, "hash_format": delivery_mhl.HASH_FORMAT}}
     changed: list[RejectionReason] = []
-    copied: list[str] = []
+    hashed: list[delivery_mhl.HashedFile] = []
     for scene_id in scene_ids:
         scene = conn.execute(
             "SELECT s.width, s.height, s.recipe_hash, t.name AS tier FROM scenes s "
@@ -180,34 +212,59 @@ def deliver_checked(conn: psycopg.Connection, s3, bucket: str, delivery: dict, s
         entry = {"scene_id": scene_id, "width": scene["width"], "height": scene["height"],
                  "recipe_hash": scene["recipe_hash"], "lineage": ancestry(conn, scene_id), "segments": []}
         for segment in _segments(conn, scene_id):
-            key = f"{prefix}scene-{scene_id}/segment-{segment['position']}.mp4"
-            sha256 = _copy_unchanged(s3, bucket, segment["video_key"], checked[segment["video_key"]], key)
-            copied += [key] if sha256 else []
-            if sha256 != segment["sha256"]:
+            # The extension the worker gave it: .mp4 (H.264, H.265) or .mov (ProRes, DNxHR masters).
+            extension = posixpath.splitext(segment["video_key"])[1] or ".mp4"
+            key = f"{prefix}scene-{scene_id}/segment-{segment['position']}{extension}"
+            check = checked[segment["video_key"]]
+            copy = _copy_unchanged(s3, bucket, segment["video_key"], check.etag, key)
+            if copy is None or copy["sha256"] != segment["sha256"]:
                 changed.append(_reason("FILE_CHANGED", scene_id, scene["tier"],
                                        f"Scene {scene_id} segment {segment['position']}: s3://{bucket}/"
                                        f"{segment['video_key']} changed after it was checked; nothing was delivered."))
                 continue
+            hashed.append(delivery_mhl.HashedFile(key.removeprefix(prefix), copy["size"], copy["xxh64"]))
             entry["segments"].append({"position": segment["position"], "key": key, "source_key": segment["video_key"],
-                                      "sha256": sha256, "frames": segment["frames"]})
+                                      "sha256": copy["sha256"], "xxh64": copy["xxh64"], "bytes": copy["size"],
+                                      "frames": segment["frames"], "codec": check.codec, "profile": check.profile,
+                                      "timecode": check.timecode})
         manifest["scenes"].append(entry)
     if changed:
-        for key in copied:  # nothing of a refused delivery stays under deliveries/
-            s3.delete_object(Bucket=bucket, Key=key)
+        _delete_under(s3, bucket, prefix)  # nothing of a refused delivery stays under deliveries/
         return reject_delivery(conn, delivery, changed)
     for scene_id in scene_ids:
         conn.execute("INSERT INTO delivery_scenes (delivery_id, scene_id) VALUES (%s, %s)", [delivery["id"], scene_id])
+    # The manifest, then the hash list of everything, itself included, and the chain naming it.
     manifest_key = prefix + "manifest.json"
-    s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest, indent=2).encode(),
-                  ContentType="application/json")
+    body = json.dumps(manifest, indent=2).encode()
+    s3.put_object(Bucket=bucket, Key=manifest_key, Body=body, ContentType="application/json")
+    hashed.append(delivery_mhl.HashedFile("manifest.json", len(body), delivery_mhl.xxh64(body)))
+    _delete_under(s3, bucket, f"{prefix}{delivery_mhl.FOLDER}/")  # an earlier try's, cut short, is not a generation
+    hash_list = delivery_mhl.hash_list(hashed, created=created, tool_version=_version(),
+                                       comment=f"Tierflow delivery {delivery['id']} of project {delivery['project']}")
+    s3.put_object(Bucket=bucket, Key=mhl_keys["key"], Body=hash_list, ContentType="application/xml")
+    s3.put_object(Bucket=bucket, Key=mhl_keys["chain_key"], Body=delivery_mhl.chain([(mhl_name, hash_list)]),
+                  ContentType="application/xml")
     lifecycle.complete_delivery(conn, delivery["id"], manifest_key)
     return DeliveryCompleted(delivery_id=delivery["id"], project=delivery["project"], scene_ids=scene_ids,
                              manifest_key=manifest_key)
 
 
-def _copy_unchanged(s3, bucket: str, source_key: str, etag: str, key: str) -> str | None:
-    """Copy `source_key` to `key` if it still has `etag`; returns the sha256 of the copy as read
-    back (None: the source had changed, and nothing was copied)."""
+def _version() -> str:
+    try:
+        return metadata.version("tierflow")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"
+
+
+def _delete_under(s3, bucket: str, prefix: str) -> None:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            s3.delete_object(Bucket=bucket, Key=item["Key"])
+
+
+def _copy_unchanged(s3, bucket: str, source_key: str, etag: str, key: str) -> dict | None:
+    """Copy `source_key` to `key` if it still has `etag`; returns the sha256, xxh64 and size of the
+    copy as read back (None: the source had changed, and nothing was copied)."""
     try:
         s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": source_key},
                        CopySourceIfMatch=etag)
@@ -215,7 +272,8 @@ def _copy_unchanged(s3, bucket: str, source_key: str, etag: str, key: str) -> st
         if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
             return None
         raise
-    return hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest()
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return {"sha256": hashlib.sha256(body).hexdigest(), "xxh64": delivery_mhl.xxh64(body), "size": len(body)}
 
 
 def reject_delivery(conn: psycopg.Connection, delivery: dict, reasons: list[RejectionReason]) -> DeliveryRejected:
@@ -245,7 +303,10 @@ def get_delivery(conn: psycopg.Connection, delivery_id: int, s3=None, bucket: st
                                              ExpiresIn=PRESIGNED_URL_SECONDS)
 
         result["manifest_url"] = url(row["manifest_key"])
-        result["file_urls"] = {seg["key"]: url(seg["key"]) for scene in manifest["scenes"] for seg in scene["segments"]}
+        keys = [seg["key"] for scene in manifest["scenes"] for seg in scene["segments"]]
+        mhl = manifest.get("mhl")  # deliveries made before hash lists have none
+        keys += [mhl["key"], mhl["chain_key"]] if mhl else []
+        result["file_urls"] = {key: url(key) for key in keys}
     return result
 
 

@@ -49,8 +49,13 @@ def create_scene(
     upscaled_from_scene_id: int | None = None,
 ) -> int:
     """Insert a pending scene with its segments and one queued job each; emits
-    generation.requested per job. Runs in the caller's transaction; returns the scene id."""
+    generation.requested per job. Runs in the caller's transaction; returns the scene id.
+    Refused, with nothing written, when the tier's codec cannot encode the scene's size."""
     width, height = tier.size_for(aspect)
+    problem = tiers.output_size_problem(tier.quality_settings, width, height,
+                                        what=f"a {aspect.width}:{aspect.height} scene's size at tier {tier.name}")
+    if problem:
+        raise Conflict(problem)
     project_id = conn.execute(
         "INSERT INTO projects (name) VALUES (%s) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
         [project],

@@ -3,7 +3,8 @@
 Rules, each enforced here with a clear message and again by the database as a backstop:
 names are lowercase slugs; sides are multiples of 8 between 64 and 8192; the speed factor is
 positive; exactly one tier is the default; built-in tiers are never deleted or renamed; a tier
-that a scene uses is never deleted; quality settings hold output settings, never sampler settings.
+that a scene uses is never deleted; quality settings hold output settings, never sampler settings,
+and only ones that go together (a master codec's profile, DNxHR's frame size limits against the box).
 """
 
 import json
@@ -30,14 +31,36 @@ DEFAULT_TIER_LOCK_KEY = 5_921_347_002  # any fixed number; see _lock_default_cha
 # Output (encoding) settings a tier may carry, with the rule each value must satisfy.
 # x264's and x265's presets, fastest first.
 ENCODER_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+# H.264 and H.265 go in MP4 (review and web copies, shaped by crf, preset and pixel format); the
+# masters ProRes and DNxHR go in QuickTime .mov, and their profile alone sets quality and pixel format.
+MP4_CODECS = ("h264", "h265")
+MASTER_PROFILES = {
+    "prores": ("proxy", "lt", "standard", "hq", "4444"),
+    "dnxhr": ("lb", "sq", "hq", "hqx", "444"),
+}
+CODEC_NAMES = (*MP4_CODECS, *MASTER_PROFILES)
+DEFAULT_CODEC = "h264"
+DEFAULT_MASTER_PROFILE = "hq"  # both masters have one; the usual finishing master
+MP4_ONLY_SETTINGS = ("crf", "pixel_format", "preset")
+TIMECODE_PATTERN = re.compile(r"([0-9]{2}):([0-9]{2}):([0-9]{2}):([0-9]{2,3})")  # frames: 3 digits above 100 fps
 QUALITY_SETTINGS = {
-    "codec": ("one of h264, h265", lambda v: v in ("h264", "h265")),
+    "codec": (f"one of {', '.join(CODEC_NAMES)}", lambda v: v in CODEC_NAMES),
     "crf": ("an integer from 0 (lossless) to 51", lambda v: type(v) is int and 0 <= v <= 51),
     "fps": ("an integer from 1 to 120", lambda v: type(v) is int and 1 <= v <= 120),
     "pixel_format": ("one of yuv420p, yuv444p", lambda v: v in ("yuv420p", "yuv444p")),
     # The encoder's speed for the same quality (crf): faster makes larger files.
     "preset": (f"one of {', '.join(ENCODER_PRESETS)}", lambda v: v in ENCODER_PRESETS),
+    # Which flavour of a master codec; checked against the codec below.
+    "profile": ("a profile name such as \"hq\"", lambda v: isinstance(v, str)),
+    # The start timecode written into a master (non-drop-frame: fps are whole numbers).
+    "timecode": ('HH:MM:SS:FF (non-drop-frame), e.g. "01:00:00:00"',
+                 lambda v: isinstance(v, str) and _timecode_parts(v) is not None),
 }
+# DNxHR limits of the dnxhd encoder in the ffmpeg bundled with imageio-ffmpeg, measured: it refuses
+# frames under 256×120 ("Input dimensions too small"), and cannot open for frames of 512×512
+# macroblocks of 16 pixels (both sides over 8176: 8184 or 8192). ProRes has no limit from 8×8 to 8192×8192.
+DNXHR_MIN_WIDTH, DNXHR_MIN_HEIGHT = 256, 120
+DNXHR_MAX_BOTH_SIDES = 8176
 # Settings people reach for that shape the frames; they belong to a job's recipe, which must be
 # identical at every tier, so a tier may not carry them.
 SAMPLER_SETTINGS = {
@@ -130,7 +153,8 @@ def _sort_order_problem(value: Any) -> str | None:
 
 
 def quality_settings_problems(settings: Any) -> list[str]:
-    """What is wrong with a quality_settings value (None is valid: encoder defaults)."""
+    """What is wrong with a quality_settings value (None is valid: encoder defaults): each setting
+    on its own, then how they go together (a profile of the codec, MP4-only settings, timecode)."""
     if settings is None:
         return []
     if not isinstance(settings, dict):
@@ -146,7 +170,127 @@ def quality_settings_problems(settings: Any) -> list[str]:
             problems.append(f"unknown quality setting {key!r} (known: {', '.join(QUALITY_SETTINGS)})")
         elif not QUALITY_SETTINGS[key][1](value):
             problems.append(f"quality setting {key!r} is {json.dumps(value)} but must be {QUALITY_SETTINGS[key][0]}")
+    if not problems:
+        problems += _combination_problems(settings)
     return problems
+
+
+def _combination_problems(settings: dict) -> list[str]:
+    """Settings each valid alone that do not go together."""
+    codec = settings.get("codec", DEFAULT_CODEC)
+    problems = []
+    if "profile" in settings:
+        profile = settings["profile"]
+        if codec in MP4_CODECS:
+            masters = " and ".join(f"{name} ({', '.join(names)})" for name, names in MASTER_PROFILES.items())
+            problems.append(f"quality setting 'profile' is {json.dumps(profile)} but codec {codec} has no profiles: "
+                            f"profiles are for {masters}")
+        elif profile not in MASTER_PROFILES[codec]:
+            other = [name for name, names in MASTER_PROFILES.items() if name != codec and profile in names]
+            problems.append(f"quality setting 'profile' is {json.dumps(profile)} but must be one of "
+                            f"{', '.join(MASTER_PROFILES[codec])} for codec {codec}"
+                            + (f" ({profile} is a {other[0]} profile)" if other else ""))
+    if codec in MASTER_PROFILES:
+        for key in MP4_ONLY_SETTINGS:
+            if key in settings:
+                problems.append(f"quality setting {key!r} applies to {' and '.join(MP4_CODECS)} only; a {codec} "
+                                f"master's quality and pixel format follow its profile")
+    if "timecode" in settings:
+        if codec not in MASTER_PROFILES:
+            problems.append(f"quality setting 'timecode' is for the .mov masters "
+                            f"(codec {' or '.join(MASTER_PROFILES)}), not {codec}")
+        elif "fps" not in settings:
+            problems.append("quality setting 'timecode' needs 'fps' as well: a timecode counts frames at a fixed rate")
+        else:
+            problems.extend(filter(None, [timecode_problem(settings["timecode"], settings["fps"])]))
+    return problems
+
+
+def _timecode_parts(text: str) -> tuple[int, int, int, int] | None:
+    match = TIMECODE_PATTERN.fullmatch(text)
+    if match is None:
+        return None
+    hours, minutes, seconds, frames = map(int, match.groups())
+    return (hours, minutes, seconds, frames) if hours < 24 and minutes < 60 and seconds < 60 else None
+
+
+def timecode_problem(timecode: str, fps: int) -> str | None:
+    """What is wrong with a start timecode at `fps` (ffmpeg itself would wrap 00:00:00:09 at 8 fps
+    silently to 00:00:01:01)."""
+    parts = _timecode_parts(timecode) if isinstance(timecode, str) else None
+    if parts is None:
+        return f"quality setting 'timecode' is {json.dumps(timecode)} but must be {QUALITY_SETTINGS['timecode'][0]}"
+    if parts[3] >= fps:
+        return (f"quality setting 'timecode' is {json.dumps(timecode)} but its frames field ({parts[3]:02d}) must be "
+                f"below the frame rate ({fps} fps)")
+    return None
+
+
+def normal_timecode(timecode: str) -> str:
+    """HH:MM:SS:FF with the frames field in at least two digits (ffmpeg prints "01:00:00:4" at 8 fps)."""
+    hours, minutes, seconds, frames = (int(part) for part in re.split("[:;]", timecode))
+    return f"{hours:02d}:{minutes:02d}:{seconds:02d}:{frames:02d}"
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """What a tier's quality settings make of a segment: codec, profile, container and the start
+    timecode (None: none written), every default applied. The worker names and types the file by
+    it; delivery checks each file against it."""
+
+    codec: str
+    profile: str | None
+    timecode: str | None
+
+    @property
+    def is_master(self) -> bool:
+        return self.codec in MASTER_PROFILES
+
+    @property
+    def extension(self) -> str:
+        return "mov" if self.is_master else "mp4"
+
+    @property
+    def content_type(self) -> str:
+        return "video/quicktime" if self.is_master else "video/mp4"
+
+    @property
+    def label(self) -> str:
+        """How editors name it: "ProRes 422 HQ", "DNxHR HQX", "H.264"."""
+        known = FORMAT_LABELS.get((self.codec, self.profile))
+        return known or " ".join([CODEC_LABELS.get(self.codec, self.codec), *([self.profile] if self.profile else [])])
+
+
+CODEC_LABELS = {"h264": "H.264", "h265": "H.265", "prores": "ProRes", "dnxhr": "DNxHR"}
+FORMAT_LABELS = {
+    ("prores", "proxy"): "ProRes 422 Proxy", ("prores", "lt"): "ProRes 422 LT", ("prores", "standard"): "ProRes 422",
+    ("prores", "hq"): "ProRes 422 HQ", ("prores", "4444"): "ProRes 4444",
+    **{("dnxhr", profile): f"DNxHR {profile.upper()}" for profile in MASTER_PROFILES["dnxhr"]},
+}
+
+
+def output_format(settings: dict | None) -> OutputFormat:
+    """The OutputFormat of valid quality settings (masters start at 00:00:00:00 unless told)."""
+    settings = settings or {}
+    codec = settings.get("codec", DEFAULT_CODEC)
+    if codec not in MASTER_PROFILES:
+        return OutputFormat(codec, None, None)
+    return OutputFormat(codec, settings.get("profile", DEFAULT_MASTER_PROFILE), settings.get("timecode", "00:00:00:00"))
+
+
+def output_size_problem(settings: dict | None, width: int, height: int, what: str = "the frame size") -> str | None:
+    """Why frames of width×height cannot be encoded with these quality settings (None: they can).
+    DNxHR has limits and ProRes, H.264 and H.265 none within a tier's; `what` names the size."""
+    codec = (settings or {}).get("codec", DEFAULT_CODEC)
+    if codec != "dnxhr":
+        return None
+    if width < DNXHR_MIN_WIDTH or height < DNXHR_MIN_HEIGHT:
+        return (f"codec dnxhr needs frames of at least {DNXHR_MIN_WIDTH}×{DNXHR_MIN_HEIGHT}, and {what} is "
+                f"{width}×{height}: make it larger or use codec prores")
+    if width > DNXHR_MAX_BOTH_SIDES and height > DNXHR_MAX_BOTH_SIDES:
+        return (f"codec dnxhr cannot encode frames with both sides over {DNXHR_MAX_BOTH_SIDES}, and {what} is "
+                f"{width}×{height}: make it smaller or use codec prores")
+    return None
 
 
 def parse_quality_settings(text: str) -> dict | None:
@@ -261,6 +405,7 @@ def create_tier(
         _sort_order_problem(sort_order) if sort_order is not None else None,
         *quality_settings_problems(quality_settings),
     ])
+    _raise_if([output_size_problem(quality_settings, width, height, "the tier's box")])
     try:
         with conn.transaction():
             if conn.execute("SELECT 1 FROM resolution_tiers WHERE name = %s", [name]).fetchone():
@@ -331,6 +476,11 @@ def update_tier(
             if is_default:
                 _lock_default_changes(conn)
             tier = get_tier(conn, name, for_update=True)
+            if {"width", "height", "quality_settings"} & set(changes):
+                # The box and the codec are checked together, whichever of them changes.
+                settings = tier.quality_settings if quality_settings is _UNSET else quality_settings
+                _raise_if([output_size_problem(settings, width or tier.width, height or tier.height,
+                                               "the tier's box")])
             if new_name is not None and new_name != name:
                 if tier.is_builtin:
                     raise Conflict(f"built-in tier {name!r} cannot be renamed; create a new tier instead")

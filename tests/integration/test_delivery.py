@@ -5,9 +5,11 @@ makes its own deliveries and asserts on those."""
 
 import hashlib
 import json
+from xml.etree import ElementTree
 
 import psycopg
 import pytest
+import xxhash
 
 from shared.domain import delivery, scenes, upscale
 from shared.domain.recipe import SegmentSpec
@@ -15,6 +17,7 @@ from shared.media.video import encode_mp4
 from tests.conftest import generation_deps, run_until, wait_for_scene
 
 pytestmark = pytest.mark.integration
+MHL = "urn:ASC:MHL:v2.0"
 
 SEGMENTS = [SegmentSpec(prompt="a red fox in snow", seed=31, frames=2, steps=1),
             SegmentSpec(prompt="the fox jumps", seed=32, frames=2, steps=1)]
@@ -46,7 +49,8 @@ def chain(gen_deps):
     assert wait_for_scene(gen_deps, draft)["status"] == "generated"
     event_id = scenes.approve(gen_deps, draft)
     run_until(gen_deps, lambda conn: conn.execute(
-        "SELECT 1 FROM processed_events WHERE event_id = %s", [event_id]).fetchone() is not None)
+        "SELECT 1 FROM processed_events WHERE consumer = 'on_scene_approved' AND event_id = %s",
+        [event_id]).fetchone() is not None)
     preview = upscale.request_upscale(gen_deps, draft, "preview")
     production = upscale.request_upscale(gen_deps, draft, "production")
     for scene_id in (preview, production):
@@ -106,10 +110,25 @@ def test_a_production_delivery_is_accepted_with_a_verified_manifest(gen_deps, ch
     for segment in scene["segments"]:
         body = gen_deps.s3.get_object(Bucket=gen_deps.bucket, Key=segment["key"])["Body"].read()
         assert hashlib.sha256(body).hexdigest() == segment["sha256"]
+    # H.264 files keep their .mp4 keys; the manifest says what each probed as.
+    prefix = f"deliveries/{result['delivery_id']}/"
+    assert [s["key"] for s in scene["segments"]] == [f"{prefix}scene-{chain['production']}/segment-{n}.mp4"
+                                                     for n in (0, 1)]
+    assert [(s["codec"], s["profile"], s["timecode"]) for s in scene["segments"]] == [("h264", "high", None)] * 2
     # Presigned, time-limited URL for the manifest works.
     assert json.loads(urllib.request.urlopen(result["manifest_url"], timeout=10).read()) == manifest
+    # Beside the manifest, its ASC MHL history: the files' URLs include the hash list and its chain.
+    mhl = manifest["mhl"]
+    assert sorted(result["file_urls"]) == sorted([s["key"] for s in scene["segments"]] + [mhl["key"], mhl["chain_key"]])
     assert sorted(_delivered_objects(gen_deps, result["delivery_id"])) == sorted(
-        [s["key"] for s in scene["segments"]] + [result["manifest_key"]])
+        [s["key"] for s in scene["segments"]] + [result["manifest_key"], mhl["key"], mhl["chain_key"]])
+    # The hash list holds the xxh64 of every delivered file, the manifest's too.
+    hash_list = ElementTree.fromstring(urllib.request.urlopen(result["file_urls"][mhl["key"]], timeout=10).read())
+    listed = {entry.findtext(f"{{{MHL}}}path"): entry.findtext(f"{{{MHL}}}xxh64")
+              for entry in hash_list.iter(f"{{{MHL}}}hash")}
+    assert listed == {key.removeprefix(prefix): xxhash.xxh64(gen_deps.s3.get_object(
+        Bucket=gen_deps.bucket, Key=key)["Body"].read()).hexdigest() for key in
+        [s["key"] for s in scene["segments"]] + [result["manifest_key"]]}
 
 
 def test_a_replaced_smaller_file_is_a_mismatch(gen_deps, chain, conn):
@@ -225,7 +244,7 @@ def test_a_10_s_s3_outage_during_a_delivery_ends_in_a_completed_delivery(gen_dep
         "SELECT status FROM deliveries WHERE id = %s", [delivery_id]).fetchone()["status"] != "requested", timeout=120)
     result = delivery.get_delivery(conn, delivery_id, gen_deps.s3, gen_deps.bucket)
     assert result["status"] == "completed", result["reasons"]
-    assert len(_delivered_objects(gen_deps, delivery_id)) == 3  # two segments and the manifest
+    assert len(_delivered_objects(gen_deps, delivery_id)) == 5  # two segments, the manifest, the MHL and its chain
     assert conn.execute("SELECT count(*) AS n FROM dead_letters").fetchone()["n"] == 0
     assert conn.execute("SELECT count(*) AS n FROM event_failures").fetchone()["n"] == 0
 
