@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from functions.http import deliveries, health, models, scenes, session, tiers, webhooks, workers
+from functions.http import deliveries, health, live, models, scenes, session, tiers, webhooks, workers
 from functions.http.body_limit import BodyLimit
 from functions.http.problems import ERRORS, install_problem_handlers
 
@@ -49,10 +49,12 @@ def create_app(deps) -> FastAPI:
     app.state.stopping = threading.Event()  # set when the server shuts down: live streams end
     app.state.loops = []  # the Supervised loops this server runs, for /readyz
     app.state.streams = StreamCount()  # live streams open, per key
+    # The one LISTEN the live streams share (`serve` swaps in its own stopping event).
+    app.state.hub = live.EventHub(deps, lambda: app.state.stopping.is_set())
     install_problem_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=deps.settings.max_body_bytes)
     # In this order, so the OpenAPI document lists the paths as it always has.
-    for module in (session, tiers, models, scenes, deliveries, webhooks, workers, health):
+    for module in (session, tiers, models, scenes, live, deliveries, webhooks, workers, health):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)
