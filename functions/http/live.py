@@ -5,6 +5,12 @@ Each server process keeps one database connection LISTENing on the outbox notifi
 it passes, so a hundred open pages cost one connection and no polling. A stream is server-sent
 events, `id:` the event's outbox id, `event:` its type, `data:` the CloudEvent; a browser that
 reconnects sends Last-Event-ID and gets what it missed first (as long as the outbox keeps it).
+
+Besides the events, `event: scene` messages say a scene's status as it changes (a new scene, or
+one generated, approved, failed: migration 0021 notifies each): `data: {"scene_id", "project",
+"status"}`, without an id (a state, not history: a page that reconnects reloads its scenes). A
+handler changes the status after the event it applies was committed, so the event alone would
+come too early to show it.
 """
 
 import asyncio
@@ -19,7 +25,7 @@ from fastapi.responses import StreamingResponse
 
 from functions.http.dependencies import Deps, Viewer
 from functions.http.problems import ERRORS, PROBLEM_SCHEMA, Problem
-from shared.runtime.outbox import listen_for_outbox, wait_for_outbox
+from shared.runtime.outbox import OUTBOX_CHANNEL, listen_for_outbox
 from shared.runtime.supervise import Supervised
 
 router = APIRouter(tags=["events"])
@@ -32,6 +38,7 @@ REPLAY_LIMIT = 5000  # at most this many missed events are replayed on a reconne
 # An outbox id is taken at insert and becomes visible at commit, so a later id can be seen first:
 # each read looks back this many ids for rows that committed late.
 LOOKBACK_IDS = 1000
+SCENES_CHANNEL = "tierflow_scenes"  # a scene's id, when it is created or its status changes (migration 0021)
 
 _ROWS = """SELECT o.id, o.payload, p.name AS project
            FROM outbox o
@@ -40,6 +47,14 @@ _ROWS = """SELECT o.id, o.payload, p.name AS project
                                                  o.payload -> 'data' ->> 'source_scene_id')::bigint
            LEFT JOIN projects p ON p.id = s.project_id
            WHERE o.id > %s ORDER BY o.id LIMIT %s"""
+
+
+def _scene_changes(conn, scene_ids: set[int]) -> list[dict]:
+    """`event: scene` messages (no outbox id) with the scenes' status now."""
+    rows = conn.execute("SELECT s.id, s.status, p.name AS project FROM scenes s JOIN projects p ON p.id = s.project_id "
+                        "WHERE s.id = ANY(%s) ORDER BY s.id", [sorted(scene_ids)]).fetchall()
+    return [{"id": None, "project": r["project"], "payload": {
+        "type": "scene", "data": {"scene_id": r["id"], "project": r["project"], "status": r["status"]}}} for r in rows]
 
 
 def _scenes_of(data: dict) -> set[int]:
@@ -99,11 +114,18 @@ class EventHub:
         seen = self.seen
         with self.deps.connect() as conn:
             listen_for_outbox(conn)
+            conn.execute(f"LISTEN {SCENES_CHANNEL}")
             if not seen:  # what was committed before the first stream opened is not live
                 seen.update((i, None) for i in range(max(0, self.newest - LOOKBACK_IDS), self.newest + 1))
             while not self.should_stop():
-                wait_for_outbox(conn, 1.0)
+                # The first notification (or a second's wait), then whatever else is queued already.
+                notes = [*conn.notifies(timeout=1.0, stop_after=1), *conn.notifies(timeout=0.01)]
                 self.supervised.cycle()
+                changed = {int(n.payload) for n in notes if n.channel == SCENES_CHANNEL and n.payload.isdigit()}
+                if changed:
+                    self._fan_out(_scene_changes(conn, changed))
+                if notes and all(n.channel != OUTBOX_CHANNEL for n in notes):
+                    continue
                 rows = conn.execute(_ROWS, [max(0, self.newest - LOOKBACK_IDS), REPLAY_LIMIT]).fetchall()
                 fresh = [r for r in rows if r["id"] not in seen]
                 for row in fresh:
@@ -124,6 +146,8 @@ class EventHub:
 
 
 def _message(row: dict) -> str:
+    if row["id"] is None:  # a scene's status
+        return f"event: scene\ndata: {json.dumps(row['payload']['data'])}\n\n"
     return f"id: {row['id']}\nevent: {row['payload']['type']}\ndata: {json.dumps(row['payload'])}\n\n"
 
 

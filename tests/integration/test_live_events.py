@@ -9,9 +9,11 @@ import httpx
 import pytest
 import uvicorn
 
+from functions.cli.jobs import DEPLOYED
 from functions.http.app import create_app
 from infra.net import free_ports
 from shared.domain import scenes
+from shared.runtime import drive
 from tests.conftest import API_KEYS, make_scene
 
 pytestmark = pytest.mark.integration
@@ -58,7 +60,8 @@ class Reader:
                     if line.startswith(": live"):
                         self.opened.set()
                     elif line == "" and fields:
-                        self.messages.append((int(fields["id"]), fields["event"], json.loads(fields["data"])))
+                        self.messages.append((int(fields["id"]) if "id" in fields else None, fields["event"],
+                                              json.loads(fields["data"])))
                         fields = {}
                     elif ":" in line and not line.startswith(":"):
                         name, _, value = line.partition(":")
@@ -66,12 +69,13 @@ class Reader:
         except httpx.HTTPError:
             pass  # closed by the test
 
-    def wait_for(self, count: int, timeout: float = 15) -> list[tuple[int, str, dict]]:
+    def wait_for(self, count: int, timeout: float = 15, event: str | None = None) -> list[tuple[int, str, dict]]:
+        """The first `count` messages (of type `event` only if given; by default the CloudEvents, not `scene`)."""
         deadline = time.monotonic() + timeout
-        while len(self.messages) < count:
-            assert time.monotonic() < deadline, f"{len(self.messages)} of {count} events: {self.messages}"
+        while len(picked := [m for m in self.messages if m[1] == event or (event is None and m[0] is not None)]) < count:
+            assert time.monotonic() < deadline, f"{len(picked)} of {count} events: {self.messages}"
             time.sleep(0.05)
-        return self.messages
+        return picked
 
     def close(self) -> None:
         self.client.close()
@@ -99,6 +103,12 @@ def test_each_stream_gets_what_its_filter_asks_for_and_ten_streams_cost_one_conn
         assert [data["id"] for _, _, data in by_project.wait_for(1)] == [second]
         time.sleep(0.5)
         assert len(by_scene.messages) == len(by_project.messages) == 1 and all(not r.messages for r in idle)
+        # The approvals applied (by the handler, after the events): each filtered stream says the new status.
+        drive.apply_unserved(api_deps, DEPLOYED, DEPLOYED)
+        assert [data for _, _, data in by_scene.wait_for(1, event="scene")] == [
+            {"scene_id": ours, "project": "fox", "status": "approved"}]
+        assert [data["scene_id"] for _, _, data in by_project.wait_for(1, event="scene")] == [theirs]
+        assert all(not r.messages for r in idle)
         # One LISTEN for the process, however many streams are open (the hub's, and no more).
         assert len(app.state.hub.streams) == 10
         assert _connections(conn) - before <= 1

@@ -2,16 +2,22 @@
 "use strict";
 
 const BUILTIN_TIERS = ["draft", "preview", "production"];
-const ACTIVE = ["pending", "generating"];
 const WRITER_ROLES = ["artist", "admin"];
+
+// Every event type the live stream carries (GET /api/events names each message by its type).
+const EVENT_TYPES = ["scene.approved", "upscale.requested", "upscale.progress", "upscale.completed", "upscale.failed",
+  "generation.requested", "generation.progress", "generation.completed", "generation.failed",
+  "delivery.requested", "delivery.completed", "delivery.rejected"];
+const STATUSES = ["pending", "generating", "generated", "approved", "failed"];
 
 const state = {
   session: null,
   tiers: [],
   scenes: [],               // newest first, as the API lists them
   cards: new Map(),         // scene id -> {json, el}: unchanged scenes keep their element (a playing video is not reset)
-  streams: new Map(),       // scene id -> EventSource
-  streamOpened: new Map(),  // scene id -> time the last stream opened (guards against reconnect loops)
+  stream: null,             // the one EventSource of the page (GET /api/events)
+  fetching: new Map(),      // scene id -> true while its fresh JSON is fetched, "again" when an event came meanwhile
+  filters: { project: "", tier: "", status: "" },
   selected: new Set(),      // scene ids ticked in the delivery panel
   preflight: null,          // last preflight answer for the current selection
 };
@@ -124,7 +130,7 @@ async function start() {
 
 function showSignIn(message) {
   state.session = null;
-  closeStreams();
+  closeStream();
   $("app").hidden = true;
   $("session-info").hidden = true;
   $("signin").hidden = false;
@@ -169,6 +175,9 @@ async function showApp() {
   state.cards.clear(); // cards drawn for another role must be redrawn with this role's buttons
   await loadTiers(); // before the scenes: the upscale choices come from the tiers
   await loadScenes();
+  openStream();
+  loadUsage();
+  loadDeliveries();
 }
 
 // ---- tiers and the job form ------------------------------------------------------------------
@@ -182,6 +191,9 @@ async function loadTiers() {
   const select = $("job-tier");
   select.replaceChildren(...state.tiers.map((t) =>
     el("option", { value: t.name, selected: t.is_default, text: `${t.label} (${t.width}×${t.height})` })));
+  $("filter-tier").replaceChildren(el("option", { value: "", text: "All tiers" }),
+    ...state.tiers.map((t) => el("option", { value: t.name, text: t.label })));
+  $("filter-tier").value = state.filters.tier;
 }
 
 function tierRank(name) {
@@ -259,14 +271,37 @@ async function loadScenes() {
     return flash(err.message);
   }
   state.scenes = scenes;
+  renderFilters();
   renderScenes();
   renderDeliveryScenes();
-  for (const scene of scenes) if (ACTIVE.includes(scene.status)) follow(scene.scene_id);
   if (state.selected.size) preflight(); // a ticked scene may have finished or been upscaled meanwhile
 }
 
+// ---- filters ---------------------------------------------------------------------------------
+
+function renderFilters() {
+  const projects = [...new Set(state.scenes.map((s) => s.project))].sort();
+  if (state.filters.project && !projects.includes(state.filters.project)) projects.unshift(state.filters.project);
+  $("filter-project").replaceChildren(el("option", { value: "", text: "All projects" }),
+    ...projects.map((p) => el("option", { value: p, text: p })));
+  $("filter-project").value = state.filters.project;
+  $("filter-status").value = state.filters.status;
+}
+
+function shown(scene) {
+  const f = state.filters;
+  return (!f.project || scene.project === f.project) && (!f.tier || scene.tier === f.tier)
+    && (!f.status || scene.status === f.status);
+}
+
+function setFilter(name, value) {
+  state.filters[name] = value;
+  renderScenes();
+  if (name === "project") { loadUsage(); loadDeliveries(); }
+}
+
 function renderScenes() {
-  const cards = state.scenes.map((scene) => {
+  const cards = state.scenes.filter(shown).map((scene) => {
     const json = JSON.stringify(scene);
     const cached = state.cards.get(scene.scene_id);
     if (cached && cached.json === json) return cached.el;
@@ -276,6 +311,7 @@ function renderScenes() {
   });
   $("cards").replaceChildren(...cards);
   $("no-scenes").hidden = cards.length > 0;
+  $("no-scenes").textContent = state.scenes.length ? "No scene matches the filters." : "No scenes yet: submit one with the form.";
 }
 
 function updateScene(scene) {
@@ -287,34 +323,51 @@ function updateScene(scene) {
   if (before !== scene.status) renderDeliveryScenes(); // its list shows each scene's status
 }
 
-// Live progress: one EventSource per pending/generating scene; each `scene` message is the scene JSON.
-function follow(sceneId) {
-  if (state.streams.has(sceneId)) return;
-  const last = state.streamOpened.get(sceneId) || 0;
-  if (Date.now() - last < 2000) return scheduleRefresh(2000); // a stream that keeps failing: poll slowly instead
-  state.streamOpened.set(sceneId, Date.now());
-  const source = new EventSource(`/api/scenes/${sceneId}/events`);
-  state.streams.set(sceneId, source);
-  source.addEventListener("scene", (event) => {
-    const scene = JSON.parse(event.data);
+// Live progress: one EventSource for the whole page, whatever number of scenes are generating (a
+// browser allows six connections per origin). Each event names the scenes it is about; their
+// fresh JSON is fetched, one request per scene at a time. EventSource reconnects by itself and
+// sends Last-Event-ID, so nothing is missed across a reconnect.
+function openStream() {
+  if (state.stream) return;
+  const source = new EventSource("/api/events");
+  state.stream = source;
+  const onEvent = (message) => {
+    const event = JSON.parse(message.data);
+    const data = event.data || {};
+    if (event.type.startsWith("delivery.")) return loadDeliveries();
+    const ids = [data.scene_id, data.source_scene_id, data.target_scene_id].filter(Number.isInteger);
+    for (const id of new Set(ids)) refreshScene(id);
+    if (["generation.completed", "generation.failed", "scene.approved", "upscale.completed"].includes(event.type)) {
+      scheduleUsage();
+    }
+  };
+  for (const type of EVENT_TYPES) source.addEventListener(type, onEvent);
+  // A scene's status changed (a handler applied an event) or a scene was created.
+  source.addEventListener("scene", (message) => refreshScene(JSON.parse(message.data).scene_id));
+}
+
+function closeStream() {
+  if (state.stream) state.stream.close();
+  state.stream = null;
+}
+
+async function refreshScene(sceneId) {
+  if (state.fetching.has(sceneId)) return state.fetching.set(sceneId, "again");
+  if (!state.scenes.some((s) => s.scene_id === sceneId)) return scheduleRefresh(); // a new scene: the list
+  state.fetching.set(sceneId, true);
+  try {
+    const before = state.scenes.find((s) => s.scene_id === sceneId);
+    const scene = await api("GET", `/api/scenes/${sceneId}`);
     updateScene(scene);
-    if (!ACTIVE.includes(scene.status)) endStream(sceneId);
-  });
-  // The server closes the stream when the scene is done; EventSource would reconnect, so stop it here.
-  source.addEventListener("error", () => endStream(sceneId));
-}
-
-function endStream(sceneId) {
-  const source = state.streams.get(sceneId);
-  if (!source) return;
-  source.close();
-  state.streams.delete(sceneId);
-  scheduleRefresh(); // lineage, upscale targets and the delivery list may have changed
-}
-
-function closeStreams() {
-  for (const source of state.streams.values()) source.close();
-  state.streams.clear();
+    // Lineage, upscale targets and the delivery list follow a change of status.
+    if (before && before.status !== scene.status) scheduleRefresh(1000);
+  } catch (err) {
+    if (err.status !== 404) flash(err.message);
+  } finally {
+    const again = state.fetching.get(sceneId) === "again";
+    state.fetching.delete(sceneId);
+    if (again) setTimeout(() => refreshScene(sceneId), 250);
+  }
 }
 
 function sceneCard(scene) {
@@ -360,12 +413,32 @@ function sceneCard(scene) {
   if (scene.status === "failed" && errors.length) card.append(el("p", { class: "error", text: errors.join("; ") }));
 
   const lineage = [];
-  if (scene.upscaled_from_scene_id) lineage.push(`upscaled from #${scene.upscaled_from_scene_id}`);
-  for (const target of scene.upscale_targets || []) lineage.push(`upscaled to #${target.scene_id} ${target.tier_label || target.tier}`);
-  if (lineage.length) card.append(el("p", { class: "lineage", dataTestid: "lineage", text: lineage.join(" · ") }));
+  if (scene.upscaled_from_scene_id) lineage.push(["upscaled from", scene.upscaled_from_scene_id, ""]);
+  for (const target of scene.upscale_targets || []) lineage.push(["upscaled to", target.scene_id, ` ${target.tier_label || target.tier}`]);
+  if (lineage.length) {
+    card.append(el("p", { class: "lineage", dataTestid: "lineage" }, lineage.flatMap(([what, id, tier], i) => [
+      i ? " · " : "", `${what} `,
+      el("a", { href: `#scene-${id}`, dataTestid: "lineage-link", onclick: (e) => { e.preventDefault(); goToScene(id); },
+                text: `#${id}` }), tier])));
+  }
 
   card.append(sceneActions(scene, segment0));
   return card;
+}
+
+function goToScene(sceneId) {
+  const filtered = !state.scenes.filter(shown).some((s) => s.scene_id === sceneId);
+  if (filtered) { // a linked scene hidden by the filters: clear them
+    state.filters = { project: "", tier: "", status: "" };
+    renderFilters();
+    renderScenes();
+  }
+  const target = document.querySelector(`[data-testid=scene-card][data-scene-id="${sceneId}"]`);
+  if (target) {
+    target.scrollIntoView({ behavior: "smooth", block: "center" });
+    target.classList.add("highlight");
+    setTimeout(() => target.classList.remove("highlight"), 1500);
+  }
 }
 
 function sceneActions(scene, segment0) {
@@ -373,16 +446,20 @@ function sceneActions(scene, segment0) {
   if (canWrite() && scene.status === "generated") {
     actions.append(el("button", { type: "button", dataTestid: "approve", text: "Approve", onclick: (e) => approve(scene, e.target) }));
   }
+  if (canWrite() && scene.status === "failed") {
+    actions.append(el("button", { type: "button", dataTestid: "retry", text: "Retry failed segments",
+                                  onclick: (e) => retry(scene, e.target) }));
+  }
   // Tiers above this one that it has not been upscaled to yet (repeating would return the same scene).
   const rank = tierRank(scene.tier);
   const done = (scene.upscale_targets || []).map((t) => t.tier);
   const higher = state.tiers.filter((t) => rank !== null && t.sort_order > rank && !done.includes(t.name));
-  if (canWrite() && ["generated", "approved"].includes(scene.status) && higher.length) {
+  // Only an approved scene is upscaled: re-generating what nobody approved is the cost drafting saves.
+  if (canWrite() && scene.status === "approved" && higher.length) {
     const select = el("select", { dataTestid: "upscale-tier", "aria-label": "Upscale to" },
       higher.map((t) => el("option", { value: t.name, selected: t.name === "production", text: t.label })));
     // The one click the workflow is about: approved drafts and previews go to Production.
-    const prominent = scene.status === "approved" && ["draft", "preview"].includes(scene.tier)
-      && higher.some((t) => t.name === "production");
+    const prominent = ["draft", "preview"].includes(scene.tier) && higher.some((t) => t.name === "production");
     actions.append(el("span", { class: "upscale" },
       el("button", { type: "button", class: prominent ? "primary" : "", dataTestid: "upscale", text: "Upscale to",
                      onclick: (e) => upscale(scene, select.value, e.target) }),
@@ -410,6 +487,20 @@ async function approve(scene, button) {
     button.disabled = false;
   }
   await loadScenes();
+}
+
+async function retry(scene, button) {
+  button.disabled = true;
+  try {
+    const result = await api("POST", `/api/scenes/${scene.scene_id}/retry`);
+    flash("");
+    updateScene({ ...scene, status: "generating" });
+    refreshScene(scene.scene_id);
+    return result;
+  } catch (err) {
+    flash(err.message);
+    button.disabled = false;
+  }
 }
 
 async function upscale(scene, targetTier, button) {
@@ -451,8 +542,100 @@ async function openCompare(scene) {
         flagged ? el("strong", { class: "flag", dataTestid: "similarity-flagged",
                                  text: `Low similarity: the ${targetLabel} render differs noticeably from the ${sourceLabel}` }) : null));
   });
-  $("compare-body").replaceChildren(...body);
+  const segment = (scene.segments || [])[0];
+  const sourceSegment = (source.segments || [])[0];
+  const slider = segment && segment.urls && sourceSegment && sourceSegment.urls ? compareSlider(
+    sourceSegment.urls.poster, segment.urls.poster, sourceLabel, targetLabel) : null;
+  $("compare-body").replaceChildren(...[slider, ...body].filter(Boolean));
   $("compare").showModal();
+}
+
+// The first frames of the source and the upscale, one over the other; the slider moves the edge.
+function compareSlider(sourceUrl, targetUrl, sourceLabel, targetLabel) {
+  const top = el("img", { class: "slider-top", src: sourceUrl, alt: `${sourceLabel} frame`, dataTestid: "slider-source" });
+  const range = el("input", { type: "range", min: 0, max: 100, value: 50, dataTestid: "compare-slider",
+                              "aria-label": `${sourceLabel} ← → ${targetLabel}` });
+  const edge = el("div", { class: "slider-edge" });
+  const place = () => {
+    top.style.clipPath = `inset(0 ${100 - range.value}% 0 0)`;
+    edge.style.left = `${range.value}%`;
+  };
+  range.addEventListener("input", place);
+  place();
+  return el("figure", { class: "slider", dataTestid: "compare-slider-view" },
+    el("div", { class: "slider-frames" },
+      el("img", { src: targetUrl, alt: `${targetLabel} frame`, dataTestid: "slider-target" }), top, edge),
+    el("figcaption", {}, el("span", { text: `◀ ${sourceLabel}` }), range, el("span", { text: `${targetLabel} ▶` })));
+}
+
+// ---- usage -----------------------------------------------------------------------------------
+
+let usageTimer = null;
+
+function scheduleUsage() {
+  clearTimeout(usageTimer);
+  usageTimer = setTimeout(loadUsage, 2000);
+}
+
+async function loadUsage() {
+  if (!state.session) return;
+  let usage;
+  try {
+    usage = await api("GET", "/api/usage");
+  } catch (err) {
+    return showMessage($("usage-error"), err.message);
+  }
+  showMessage($("usage-error"), "");
+  const project = state.filters.project;
+  const rows = (usage.rows || []).filter((r) => !project || r.project === project);
+  const byTier = new Map();
+  for (const row of rows) {
+    const tier = byTier.get(row.tier) || { render: 0, held: 0, jobs: 0 };
+    tier.render += Number(row.render_seconds ?? row.device_seconds) || 0;
+    tier.held += Number(row.held_seconds) || 0;
+    tier.jobs += Number(row.jobs) || 0;
+    byTier.set(row.tier, tier);
+  }
+  const most = Math.max(1e-9, ...[...byTier.values()].map((t) => Math.max(t.render, t.held)));
+  const ordered = state.tiers.map((t) => t.name).filter((n) => byTier.has(n))
+    .concat([...byTier.keys()].filter((n) => !state.tiers.some((t) => t.name === n)));
+  const label = (name) => (state.tiers.find((t) => t.name === name) || {}).label || name;
+  $("usage-chart").replaceChildren(...(ordered.length ? ordered.map((name) => {
+    const t = byTier.get(name);
+    return el("div", { class: "usage-row", dataTestid: "usage-tier", dataTier: name },
+      tierBadge(name, label(name)),
+      el("div", { class: "usage-bars" },
+        el("div", { class: "usage-bar held", style: `width: ${(100 * t.held) / most}%`, title: "held seconds" }),
+        el("div", { class: "usage-bar render", style: `width: ${(100 * t.render) / most}%`, title: "render seconds" })),
+      el("span", { class: "usage-figure", dataTestid: "usage-seconds",
+                   text: `${t.held.toFixed(1)} s held · ${t.render.toFixed(1)} s render · ${t.jobs} jobs` }));
+  }) : [el("p", { class: "muted", text: "No GPU time recorded yet." })]));
+  const projects = Object.entries(usage.projects || {}).filter(([name]) => !project || name === project);
+  $("usage-saving").replaceChildren(...projects.map(([name, p]) => el("li", { dataTestid: "usage-saving" },
+    el("strong", { text: name }), ": ",
+    p.saving === null || p.saving === undefined
+      ? "saving not measured yet"
+      : `${Math.round(100 * p.saving)}% less GPU time than iterating at ${p.final_tier || "the final tier"}`)));
+}
+
+// ---- deliveries list -------------------------------------------------------------------------
+
+async function loadDeliveries() {
+  if (!state.session) return;
+  const project = state.filters.project;
+  let deliveries;
+  try {
+    deliveries = await api("GET", `/api/deliveries?limit=10${project ? `&project=${encodeURIComponent(project)}` : ""}`);
+  } catch (err) {
+    return showMessage($("deliveries-error"), err.message);
+  }
+  showMessage($("deliveries-error"), "");
+  $("deliveries").replaceChildren(...(deliveries.length ? deliveries.map((d) =>
+    el("li", { class: `delivery ${d.status}`, dataTestid: "delivery-row", dataStatus: d.status },
+      el("strong", { text: `#${d.delivery_id}` }), ` ${d.project} · `,
+      el("span", { class: `status ${d.status}`, text: d.status }),
+      ` · scenes ${(d.scene_ids || []).map((id) => "#" + id).join(", ")}`))
+    : [el("li", { class: "muted", text: "No deliveries yet." })]));
 }
 
 // ---- delivery --------------------------------------------------------------------------------
@@ -549,6 +732,7 @@ async function deliver() {
     showMessage($("delivery-error"), err.message);
   } finally {
     renderDeliveryWarning();
+    loadDeliveries();
   }
 }
 
@@ -592,6 +776,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("delivery-confirm").addEventListener("change", renderDeliveryWarning);
   $("delivery-submit").addEventListener("click", deliver);
   $("compare-close").addEventListener("click", () => $("compare").close());
+  for (const name of ["project", "tier", "status"]) {
+    $(`filter-${name}`).addEventListener("change", (e) => setFilter(name, e.target.value));
+  }
+  $("filter-status").replaceChildren(el("option", { value: "", text: "All statuses" }),
+    ...STATUSES.map((s) => el("option", { value: s, text: s })));
   addSegment();
   renderDeliveryWarning();
   start();
