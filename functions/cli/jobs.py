@@ -9,7 +9,7 @@ from pathlib import Path
 from functions import worker
 from functions.cli.parsing import add_command, add_group, print_table
 from functions.handlers.registry import FUNCTIONS
-from shared.domain import fleet, limits, recipe, scenes, upscale, usage
+from shared.domain import fleet, projects, recipe, scenes, upscale, usage
 from shared.errors import InvalidInput
 from shared.runtime import drive
 
@@ -233,24 +233,18 @@ def _none_or(kind):
 
 
 def cmd_projects_set(deps, args) -> int:
-    bounds = {k: getattr(args, k) for k in ("max_segments", "max_frame_steps", "max_artist_tier")
-              if getattr(args, k) is not _KEEP}
-    if args.auto_upscale_to is _KEEP and not bounds:
+    changes = {k: getattr(args, k) for k in projects.FIELDS if getattr(args, k) is not _KEEP}
+    if not changes:
         raise InvalidInput("give at least one of --auto-upscale-to, --max-segments, --max-frame-steps, "
                            "--max-artist-tier")
-    if args.auto_upscale_to is not _KEEP:
-        upscale.set_auto_upscale(deps, args.name, args.auto_upscale_to)
-    with deps.connect() as conn:
-        bounded = limits.set_limits(conn, args.name, **bounds)
-        auto = conn.execute("SELECT t.name FROM projects p LEFT JOIN resolution_tiers t ON t.id = p.auto_upscale_to_tier_id "
-                            "WHERE p.name = %s", [args.name]).fetchone()["name"]
-    result = {"project": args.name, "auto_upscale_to": auto, **bounded.to_json()}
+    result = projects.change(deps, args.name, changes)  # all of them or, refused, none
     if args.json:
         print(json.dumps(result))
     else:
+        auto = result["auto_upscale_to"]
         print(f"project {args.name}: " + (f"approved scenes are upscaled to {auto}" if auto else "no automatic upscale")
-              + "; " + ", ".join(f"{k.replace('_', ' ')} {v if v is not None else 'unbounded'}"
-                                 for k, v in bounded.to_json().items()))
+              + "; " + ", ".join(f"{k.replace('_', ' ')} {result[k] if result[k] is not None else 'unbounded'}"
+                                 for k in ("max_segments", "max_frame_steps", "max_artist_tier")))
     return 0
 
 

@@ -13,7 +13,19 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from functions.http import deliveries, health, live, models, scenes, session, tiers, webhooks, workers
+from functions.http import (
+    dead_letters,
+    deliveries,
+    health,
+    live,
+    models,
+    projects,
+    scenes,
+    session,
+    tiers,
+    webhooks,
+    workers,
+)
 from functions.http.body_limit import BodyLimit
 from functions.http.problems import ERRORS, install_problem_handlers
 
@@ -54,7 +66,7 @@ def create_app(deps) -> FastAPI:
     install_problem_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=deps.settings.max_body_bytes)
     # In this order, so the OpenAPI document lists the paths as it always has.
-    for module in (session, tiers, models, scenes, live, deliveries, webhooks, workers, health):
+    for module in (session, tiers, models, scenes, live, deliveries, projects, webhooks, workers, dead_letters, health):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

@@ -1,9 +1,10 @@
 """/api/models: viewers read the model catalogue, admins add and remove models."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
 from functions.http.dependencies import Admin, Body, Conn, Deps, Viewer
+from functions.http.paging import DEFAULT_LIMIT, AfterName, Limit, listed, page
 from functions.http.problems import ERRORS
 from shared.domain import catalogue
 
@@ -16,9 +17,11 @@ class ModelAdd(Body):
     revision: str | None = Field(default=None, description="a hub branch, tag or commit (default: main)")
 
 
-@router.get("/api/models")
-def list_models(_: Viewer, conn: Conn) -> list[dict]:
-    return [catalogue.as_json(row) for row in catalogue.rows(conn)]
+@router.get("/api/models", responses=listed("the catalogue by name (a page of it)"))
+def list_models(_: Viewer, conn: Conn, request: Request, response: Response,
+                limit: Limit = DEFAULT_LIMIT, after: AfterName = None) -> list[dict]:
+    found = catalogue.rows(conn, after=after, limit=limit + 1)
+    return [catalogue.as_json(row) for row in page(request, response, found, limit, lambda r: r["name"])]
 
 
 @router.get("/api/models/{name}", responses={404: ERRORS[404]})

@@ -13,6 +13,7 @@ from pydantic import Field
 from starlette.background import BackgroundTask
 
 from functions.http.dependencies import Artist, Body, Conn, Deps, Id, Viewer
+from functions.http.paging import DEFAULT_LIMIT, Limit, OlderThan, listed, page
 from functions.http.problems import ERRORS, PROBLEM_SCHEMA, Problem
 from shared.domain import lifecycle, recipe, scenes, upscale
 from shared.errors import NotFound
@@ -72,10 +73,12 @@ def submit_job(body: JobRequest, key: Artist, conn: Conn, deps: Deps) -> dict:
     return scene_json(scenes.get_scene(conn, scene_id))
 
 
-@router.get("/api/scenes")
-def list_scenes(_: Viewer, conn: Conn, project: str | None = None,
-                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
-    return [scene_json(s) for s in scenes.list_scenes(conn, project, limit)]
+@router.get("/api/scenes", responses=listed("scenes, newest first (a page of them)"))
+def list_scenes(_: Viewer, conn: Conn, request: Request, response: Response,
+                project: Annotated[str | None, Query(description="only this project's scenes")] = None,
+                limit: Limit = DEFAULT_LIMIT, after: OlderThan = None) -> list[dict]:
+    found = scenes.list_scenes(conn, project, limit + 1, after=after)
+    return [scene_json(s) for s in page(request, response, found, limit, lambda s: s["scene_id"])]
 
 
 @router.get("/api/scenes/{scene_id}", responses={404: ERRORS[404]})
@@ -86,6 +89,14 @@ def show_scene(scene_id: Id, _: Viewer, conn: Conn) -> dict:
 @router.post("/api/scenes/{scene_id}/approve", status_code=202, responses={404: ERRORS[404], 409: ERRORS[409]})
 def approve_scene(scene_id: Id, key: Artist, deps: Deps) -> dict:
     return {"scene_id": scene_id, "event_id": scenes.approve(deps, scene_id, approved_by=key.name)}
+
+
+@router.post("/api/scenes/{scene_id}/retry", status_code=202, responses={
+    404: ERRORS[404], 409: {**ERRORS[409], "description": "the scene has no failed segment to retry"}})
+def retry_scene(scene_id: Id, _: Artist, deps: Deps) -> dict:
+    """Queue a new attempt of the scene's failed segments, and only those (`tierflow scenes
+    retry`); `job_ids` are the new attempts' jobs, in segment order."""
+    return {"scene_id": scene_id, "job_ids": scenes.retry_failed_segments(deps, scene_id)}
 
 
 @router.post("/api/scenes/{scene_id}/upscale", status_code=202, responses={404: ERRORS[404], 409: ERRORS[409]})

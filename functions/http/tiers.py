@@ -2,10 +2,11 @@
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
 from functions.http.dependencies import Admin, Body, Conn, DbInt, Viewer
+from functions.http.paging import DEFAULT_LIMIT, AfterName, Limit, listed, page
 from functions.http.problems import ERRORS
 from shared.domain import tiers
 
@@ -37,9 +38,17 @@ class TierChange(Body):
     quality_settings: dict[str, Any] | None = None
 
 
-@router.get("/api/resolution-tiers")
-def list_tiers(_: Viewer, conn: Conn) -> list[dict]:
-    return [t.to_json() for t in tiers.list_tiers(conn)]
+@router.get("/api/resolution-tiers", responses={
+    **listed("the tiers, lowest rank first (a page of them)"),
+    404: {**ERRORS[404], "description": "the `after` tier does not exist (any more)"}})
+def list_tiers(_: Viewer, conn: Conn, request: Request, response: Response,
+               limit: Limit = DEFAULT_LIMIT, after: AfterName = None) -> list[dict]:
+    """`after` is a tier's name: this page has the tiers ranked above it."""
+    found = tiers.list_tiers(conn)  # a handful: ranked here rather than in SQL
+    if after is not None:
+        mark = tiers.get_tier(conn, after)
+        found = [t for t in found if (t.sort_order, t.id) > (mark.sort_order, mark.id)]
+    return [t.to_json() for t in page(request, response, found, limit, lambda t: t.name)]
 
 
 @router.post("/api/resolution-tiers", status_code=201, responses={409: ERRORS[409]})

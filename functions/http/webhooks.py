@@ -2,10 +2,11 @@
 
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
 from functions.http.dependencies import Admin, Body, Conn, Deps
+from functions.http.paging import DEFAULT_LIMIT, AfterId, Limit, listed, page
 from functions.http.problems import ERRORS
 from shared.domain import webhooks
 
@@ -20,10 +21,12 @@ class WebhookAdd(Body):
     project: str | None = Field(default=None, description="only events of this project's scenes and deliveries")
 
 
-@router.get("/api/webhooks")
-def list_webhooks(_: Admin, conn: Conn) -> list[dict]:
+@router.get("/api/webhooks", responses=listed("the endpoints by id (a page of them)"))
+def list_webhooks(_: Admin, conn: Conn, request: Request, response: Response,
+                  limit: Limit = DEFAULT_LIMIT, after: AfterId = None) -> list[dict]:
     """The endpoints, without their secrets: undelivered events, the last error, failing or disabled and why."""
-    return webhooks.list_endpoints(conn)
+    found = webhooks.list_endpoints(conn, after=after, limit=limit + 1)
+    return page(request, response, found, limit, lambda e: e["id"])
 
 
 @router.post("/api/webhooks", status_code=201, responses={404: ERRORS[404], 422: ERRORS[422]})

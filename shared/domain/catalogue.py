@@ -52,8 +52,10 @@ def describe(row: dict) -> str:
     return f"{row['source']}{revision} pinned to {row['pin']}"
 
 
-def rows(conn: psycopg.Connection) -> list[dict]:
-    return conn.execute(f"SELECT {COLUMNS} FROM models ORDER BY name").fetchall()
+def rows(conn: psycopg.Connection, *, after: str | None = None, limit: int | None = None) -> list[dict]:
+    """The catalogue by name; with `after` (a name, the cursor of the previous page) the names after it."""
+    return conn.execute(f"SELECT {COLUMNS} FROM models WHERE %(after)s::text IS NULL OR name > %(after)s::text "
+                        "ORDER BY name LIMIT %(limit)s", {"after": after, "limit": limit}).fetchall()
 
 
 def names(conn: psycopg.Connection) -> list[str]:

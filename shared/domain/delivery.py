@@ -283,18 +283,45 @@ def reject_delivery(conn: psycopg.Connection, delivery: dict, reasons: list[Reje
                             summary=summary(reasons))
 
 
+DELIVERY_STATUSES = ("requested", "completed", "rejected")  # the CHECK on deliveries.status
+
+DELIVERY_QUERY = """
+    SELECT d.id, d.status, d.reasons, d.manifest_key, d.requested_scene_ids, d.created_at, d.finished_at,
+           d.redriven, p.name AS project
+    FROM deliveries d JOIN projects p ON p.id = d.project_id
+"""
+
+
+def _delivery_json(row: dict) -> dict:
+    return {"delivery_id": row["id"], "project": row["project"], "status": row["status"],
+            "scene_ids": row["requested_scene_ids"], "reasons": row["reasons"] or [],
+            "manifest_key": row["manifest_key"], "created_at": row["created_at"].isoformat(),
+            "redriven": row["redriven"]}
+
+
+def list_deliveries(conn: psycopg.Connection, project: str | None = None, status: str | None = None,
+                    limit: int = 100, after: int | None = None) -> list[dict]:
+    """Newest deliveries first, optionally of one project and in one status; with `after` (a
+    delivery id, the cursor of the previous page), only older ones. The JSON form of
+    `get_delivery` without presigned URLs (those need each manifest read from S3)."""
+    if status is not None and status not in DELIVERY_STATUSES:
+        raise InvalidInput(f"delivery status {status!r} does not exist (one of: {', '.join(DELIVERY_STATUSES)})")
+    conditions, params = [], []
+    for condition, value in (("p.name = %s", project), ("d.status = %s", status), ("d.id < %s", after)):
+        if value is not None:
+            conditions.append(condition)
+            params.append(value)
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    rows = conn.execute(DELIVERY_QUERY + f" {where} ORDER BY d.id DESC LIMIT %s", [*params, limit]).fetchall()
+    return [_delivery_json(row) for row in rows]
+
+
 def get_delivery(conn: psycopg.Connection, delivery_id: int, s3=None, bucket: str | None = None) -> dict:
     """The JSON form of a delivery; with `s3`, presigned URLs (a week) for the manifest and files."""
-    row = conn.execute(
-        """SELECT d.id, d.status, d.reasons, d.manifest_key, d.requested_scene_ids, d.created_at, d.finished_at,
-                  d.redriven, p.name AS project
-           FROM deliveries d JOIN projects p ON p.id = d.project_id WHERE d.id = %s""", [delivery_id]).fetchone()
+    row = conn.execute(DELIVERY_QUERY + " WHERE d.id = %s", [delivery_id]).fetchone()
     if row is None:
         raise NotFound(f"delivery {delivery_id} does not exist")
-    result = {"delivery_id": row["id"], "project": row["project"], "status": row["status"],
-              "scene_ids": row["requested_scene_ids"], "reasons": row["reasons"] or [],
-              "manifest_key": row["manifest_key"], "created_at": row["created_at"].isoformat(),
-              "redriven": row["redriven"]}
+    result = _delivery_json(row)
     if s3 is not None and row["manifest_key"]:
         manifest = json.loads(s3.get_object(Bucket=bucket, Key=row["manifest_key"])["Body"].read())
 

@@ -5,6 +5,8 @@ read it. A worker that stopped writing (killed, hung, cut off) shows as `lost`."
 
 import psycopg
 
+from shared.errors import NotFound
+
 STATES = ("idle", "busy", "stopping", "stopped")
 # Rows of workers gone longer than this are deleted when a worker starts: the register stays small.
 FORGET_AFTER = "7 days"
@@ -34,15 +36,25 @@ def record_worker(conn: psycopg.Connection, worker_id: str, *, state: str, job_i
         [state, job_ids, cached_models, jobs_done, busy_seconds, idle_seconds, state, worker_id])
 
 
-def list_workers(conn: psycopg.Connection, *, silent_after_seconds: float, everyone: bool = False) -> list[dict]:
+def list_workers(conn: psycopg.Connection, *, silent_after_seconds: float, everyone: bool = False,
+                 limit: int | None = None, after: str | None = None) -> list[dict]:
     """The workers (alive ones only unless `everyone`), newest first, in their documented JSON
-    form. A worker not heard from for `silent_after_seconds` is `lost`."""
+    form. A worker not heard from for `silent_after_seconds` is `lost`. With `after` (a worker id,
+    the cursor of the previous page), only those listed after it; at most `limit`."""
+    if after is not None and conn.execute("SELECT 1 FROM workers WHERE id = %s", [after]).fetchone() is None:
+        raise NotFound(f"worker {after!r} is not in the register (any more); list from the first page")
     rows = conn.execute(
-        """SELECT *, CASE WHEN state <> 'stopped' AND heard_at < now() - make_interval(secs => %s)
-                          THEN 'lost' ELSE state END AS shown_state,
-                  EXTRACT(EPOCH FROM COALESCE(stopped_at, heard_at) - started_at)::float8 AS alive_seconds
-           FROM workers ORDER BY started_at DESC, id""",
-        [float(silent_after_seconds)]).fetchall()
+        """SELECT * FROM (
+               SELECT *, CASE WHEN state <> 'stopped' AND heard_at < now() - make_interval(secs => %(silent)s)
+                              THEN 'lost' ELSE state END AS shown_state,
+                      EXTRACT(EPOCH FROM COALESCE(stopped_at, heard_at) - started_at)::float8 AS alive_seconds
+               FROM workers) w
+           WHERE (%(everyone)s OR shown_state NOT IN ('stopped', 'lost'))
+             -- after the cursor c in the order below: started before c, or with c and a greater id
+             AND (%(after)s::text IS NULL OR (w.started_at, %(after)s::text) < (
+                     SELECT c.started_at, w.id FROM workers c WHERE c.id = %(after)s::text))
+           ORDER BY started_at DESC, id LIMIT %(limit)s""",
+        {"silent": float(silent_after_seconds), "everyone": everyone, "after": after, "limit": limit}).fetchall()
     return [
         {"worker_id": r["id"], "host": r["host"], "pid": r["pid"], "device": r["device"],
          "concurrency": r["concurrency"], "models": r["models"], "state": r["shown_state"],
@@ -51,7 +63,7 @@ def list_workers(conn: psycopg.Connection, *, silent_after_seconds: float, every
          "busy_seconds": round(r["busy_seconds"], 3), "idle_seconds": round(r["idle_seconds"], 3),
          "alive_seconds": round(r["alive_seconds"], 3), "started_at": r["started_at"].isoformat(),
          "heard_at": r["heard_at"].isoformat()}
-        for r in rows if everyone or r["shown_state"] not in ("stopped", "lost")
+        for r in rows
     ]
 
 

@@ -245,9 +245,16 @@ def get_scene(conn: psycopg.Connection, scene_id: int) -> dict:
     return {**_scene_json(conn, row), "lineage": _lineage_json(conn, scene_id)}
 
 
-def list_scenes(conn: psycopg.Connection, project: str | None = None, limit: int = 100) -> list[dict]:
-    """Newest scenes first, optionally of one project."""
-    where, params = ("WHERE p.name = %s", [project]) if project else ("", [])
+def list_scenes(conn: psycopg.Connection, project: str | None = None, limit: int = 100,
+                after: int | None = None) -> list[dict]:
+    """Newest scenes first, optionally of one project; with `after` (a scene id, the cursor of
+    the previous page), only scenes older than it."""
+    conditions, params = [], []
+    if project:
+        conditions, params = ["p.name = %s"], [project]
+    if after is not None:
+        conditions, params = [*conditions, "s.id < %s"], [*params, after]
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     rows = conn.execute(SCENE_QUERY + f" {where} ORDER BY s.id DESC LIMIT %s", [*params, limit]).fetchall()
     return [_scene_json(conn, row) for row in rows]
 

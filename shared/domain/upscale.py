@@ -131,12 +131,17 @@ def _request_upscale(deps, scene_id: int, target_tier: str, requested_by: str | 
 def set_auto_upscale(deps, project: str, tier: str | None) -> None:
     """Set (or clear, with None) the tier a project's approved scenes are upscaled to automatically."""
     with deps.uow() as uow:
-        tier_id = tiers.get_tier(uow.conn, tier).id if tier else None
-        updated = uow.conn.execute(
-            "UPDATE projects SET auto_upscale_to_tier_id = %s WHERE name = %s RETURNING id", [tier_id, project]
-        ).fetchone()
-        if updated is None:
-            uow.conn.execute("INSERT INTO projects (name, auto_upscale_to_tier_id) VALUES (%s, %s)", [project, tier_id])
+        set_auto_upscale_in(uow.conn, project, tier)
+
+
+def set_auto_upscale_in(conn: psycopg.Connection, project: str, tier: str | None) -> None:
+    """`set_auto_upscale` in the caller's transaction (the project is created when missing)."""
+    tier_id = tiers.get_tier(conn, tier).id if tier else None
+    updated = conn.execute(
+        "UPDATE projects SET auto_upscale_to_tier_id = %s WHERE name = %s RETURNING id", [tier_id, project]
+    ).fetchone()
+    if updated is None:
+        conn.execute("INSERT INTO projects (name, auto_upscale_to_tier_id) VALUES (%s, %s)", [project, tier_id])
 
 
 def auto_upscale_request(scene: dict) -> UpscaleRequested | None:

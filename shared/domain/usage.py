@@ -49,19 +49,21 @@ def realised_saving(conn: psycopg.Connection) -> dict[str, dict]:
     return projects
 
 
-def device_seconds(conn: psycopg.Connection) -> dict:
+def device_seconds(conn: psycopg.Connection, project: str | None = None) -> dict:
     """Per project and tier: succeeded jobs, their render seconds (`device_seconds`, also
     `render_seconds`) and the held seconds of every attempt that reported them; totals per tier,
     per project and overall; each project's realised saving; the fleet's utilisation (the
-    documented JSON of `tierflow usage --json`)."""
+    documented JSON of `tierflow usage --json`). With `project`, the rows, totals and saving of
+    that project only; the fleet's utilisation stays the whole fleet's (workers serve every project)."""
     rows = conn.execute(
         """SELECT p.name AS project, t.name AS tier, count(j.device_seconds) AS jobs,
                   COALESCE(sum(j.device_seconds), 0) AS device_seconds,
                   COALESCE(sum(j.held_seconds), 0) AS held_seconds
            FROM generation_jobs j JOIN segments g ON g.id = j.segment_id JOIN scenes s ON s.id = g.scene_id
            JOIN projects p ON p.id = s.project_id JOIN resolution_tiers t ON t.id = s.resolution_tier_id
-           WHERE j.device_seconds IS NOT NULL OR j.held_seconds IS NOT NULL
-           GROUP BY p.name, t.name, t.sort_order ORDER BY p.name, t.sort_order""").fetchall()
+           WHERE (j.device_seconds IS NOT NULL OR j.held_seconds IS NOT NULL)
+             AND (%(project)s::text IS NULL OR p.name = %(project)s::text)
+           GROUP BY p.name, t.name, t.sort_order ORDER BY p.name, t.sort_order""", {"project": project}).fetchall()
     by_tier: dict[str, float] = {}
     by_project: dict[str, float] = {}
     for row in rows:
@@ -74,5 +76,6 @@ def device_seconds(conn: psycopg.Connection) -> dict:
             "by_project": {k: round(v, 3) for k, v in by_project.items()},
             "total_device_seconds": round(sum(by_tier.values()), 3),
             "total_held_seconds": round(sum(r["held_seconds"] for r in rows), 3),
-            "projects": realised_saving(conn),
+            "projects": {name: saving for name, saving in realised_saving(conn).items()
+                         if project is None or name == project},
             "fleet": fleet.utilisation(conn)}

@@ -81,9 +81,11 @@ def add_endpoint(deps, url: str, event_types, project: str | None = None, create
         return {**get_endpoint(uow.conn, endpoint_id), "secret": secret}
 
 
-def list_endpoints(conn: psycopg.Connection) -> list[dict]:
+def list_endpoints(conn: psycopg.Connection, *, after: int | None = None, limit: int | None = None) -> list[dict]:
+    """The endpoints by id; with `after` (an id, the cursor of the previous page) those after it."""
     rows = conn.execute(f"SELECT {_COLUMNS} FROM webhook_endpoints e LEFT JOIN projects p ON p.id = e.project_id "
-                        "ORDER BY e.id").fetchall()
+                        "WHERE %(after)s::bigint IS NULL OR e.id > %(after)s::bigint ORDER BY e.id LIMIT %(limit)s",
+                        {"after": after, "limit": limit}).fetchall()
     return [_json(row) for row in rows]
 
 

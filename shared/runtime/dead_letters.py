@@ -19,6 +19,7 @@ from events.topics import (
     STRUCTURED_HEADERS,
     dlq_headers,
 )
+from shared.errors import Conflict, NotFound
 from shared.runtime.consumer import Message
 
 # Besides the standard dead-letter headers (events.topics): which function gave up on it.
@@ -95,12 +96,50 @@ def on_bus(deps, replay: bool) -> list[dict]:
                     "INSERT INTO bus_deliveries (consumer, outbox_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                     [row["consumer"], row["outbox_id"]])
             uow.conn.execute("UPDATE dead_letters SET replayed_at = now() WHERE id = ANY(%s)", [[r["id"] for r in rows]])
-    return [
-        {"topic": r["topic"], "dlq": f"dead_letters/{r['id']}", "consumer": r["consumer"], "origin": f"outbox-{r['outbox_id']}",
-         "reason": r["reason"], "key": r["message_key"], "value": readable(bytes(r["payload"])),
-         "failed_at": r["failed_at"].isoformat()}
-        for r in rows
-    ]
+    return [_bus_json(r) for r in rows]
+
+
+def _bus_json(r: dict) -> dict:
+    return {"topic": r["topic"], "dlq": f"dead_letters/{r['id']}", "consumer": r["consumer"],
+            "origin": f"outbox-{r['outbox_id']}", "reason": r["reason"], "key": r["message_key"],
+            "value": readable(bytes(r["payload"])), "failed_at": r["failed_at"].isoformat()}
+
+
+_BUS_COLUMNS = "id, consumer, topic, message_key, payload, reason, outbox_id, failed_at, replayed_at"
+
+
+def pending_on_bus(conn: psycopg.Connection, *, consumer: str | None = None, after: int | None = None,
+                   limit: int | None = None) -> list[dict]:
+    """The embedded bus's dead letters not replayed yet, oldest first, as `tierflow events dlq
+    --json` shows them plus their `id`; optionally of one consumer (function); with `after` (an id,
+    the cursor of the previous page) those after it."""
+    rows = conn.execute(
+        f"""SELECT {_BUS_COLUMNS} FROM dead_letters
+            WHERE replayed_at IS NULL AND (%(consumer)s::text IS NULL OR consumer = %(consumer)s::text)
+              AND (%(after)s::bigint IS NULL OR id > %(after)s::bigint)
+            ORDER BY id LIMIT %(limit)s""", {"consumer": consumer, "after": after, "limit": limit}).fetchall()
+    return [{"id": r["id"], **_bus_json(r)} for r in rows]
+
+
+def replay_one_on_bus(deps, letter_id: int) -> dict:
+    """`tierflow events dlq --replay` for one dead letter of the embedded bus: its event delivered
+    again to the function that gave up on it, and the letter marked replayed; returns the letter
+    (as `pending_on_bus` shows it). NotFound for an unknown id, Conflict for one replayed already."""
+    with deps.uow() as uow:
+        row = uow.conn.execute(f"SELECT {_BUS_COLUMNS} FROM dead_letters WHERE id = %s FOR UPDATE",
+                               [letter_id]).fetchone()
+        if row is None:
+            raise NotFound(f"dead letter {letter_id} does not exist")
+        if row["replayed_at"] is not None:
+            raise Conflict(f"dead letter {letter_id} was replayed at {row['replayed_at'].isoformat()}; "
+                           "a failure after that is a new dead letter")
+        if row["outbox_id"] is None:  # kept for its bytes, its event is gone (an operator deleted it)
+            raise Conflict(f"dead letter {letter_id} has no event in the outbox to deliver again; "
+                           "publish it anew with tierflow events publish")
+        uow.conn.execute("INSERT INTO bus_deliveries (consumer, outbox_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                         [row["consumer"], row["outbox_id"]])
+        uow.conn.execute("UPDATE dead_letters SET replayed_at = now() WHERE id = %s", [letter_id])
+    return {"id": row["id"], **_bus_json(row)}
 
 
 def on_kafka(deps, replay: bool) -> list[dict]:
