@@ -362,8 +362,8 @@ def test_a_supervisors_day_twelve_scenes_one_stream_filters_usage_compare_lineag
         assert not driver.find_elements(By.CSS_SELECTOR, card(draft_id) + ' [data-testid="upscale"]')
         click(driver, card(draft_id) + ' [data-testid="approve"]')
         wait(driver).until(lambda d: find(d, card(draft_id)).get_attribute("data-status") == "approved")
-        assert Select(find(driver, card(draft_id) + ' [data-testid="upscale-tier"]')).first_selected_option.text \
-            == "Production"
+        wait(driver).until(lambda d: Select(find(d, card(draft_id) + ' [data-testid="upscale-tier"]'))
+                           .first_selected_option.text == "Production")
         click(driver, card(draft_id) + ' [data-testid="upscale"]')
         production = wait(driver).until(lambda d: find(d, '[data-testid="scene-card"][data-tier="production"]'))
         production_id = production.get_attribute("data-scene-id")
@@ -399,9 +399,8 @@ def test_a_supervisors_day_twelve_scenes_one_stream_filters_usage_compare_lineag
 
         # Deliver the Production scene; the delivery list shows it.
         Select(find(driver, '[data-testid="filter-project"]')).select_by_value("owl")
-        find(driver, '[data-testid="delivery-project"]').clear()
-        find(driver, '[data-testid="delivery-project"]').send_keys("owl")
-        driver.execute_script("document.getElementById('delivery-project').dispatchEvent(new Event('change'))")
+        driver.execute_script("const field = document.getElementById('delivery-project'); field.value = 'owl'; "
+                              "field.dispatchEvent(new Event('change'))")
         click(driver, f'[data-testid="delivery-scene"][data-scene-id="{production_id}"] input')
         click(driver, '[data-testid="delivery-submit"]')
         wait(driver, 120).until(
