@@ -82,7 +82,7 @@ def test_unknown_function_is_refused(cli):
     result = cli("consume", "on_nothing")
     assert result.returncode == 1
     assert ("unknown function(s) on_nothing (known: on_scene_approved, on_upscale_requested, on_generation_requested, "
-            "on_generation_result, on_delivery_requested)") in result.stderr
+            "on_generation_result, on_delivery_requested, on_event_webhooks)") in result.stderr
 
 
 def test_relay_once_on_the_embedded_bus(cli, conn):
@@ -90,4 +90,5 @@ def test_relay_once_on_the_embedded_bus(cli, conn):
     cli("events", "publish", "scene.approved", "--data", json.dumps({"scene_id": scene}))
     relayed = cli("relay", "--once")
     assert relayed.returncode == 0 and "relayed 1 event(s)" in relayed.stdout
-    assert conn.execute("SELECT consumer FROM bus_deliveries").fetchall() == [{"consumer": "on_scene_approved"}]
+    assert conn.execute("SELECT consumer FROM bus_deliveries ORDER BY consumer").fetchall() == [
+        {"consumer": "on_event_webhooks"}, {"consumer": "on_scene_approved"}]
