@@ -82,6 +82,20 @@ class Stream:
         except asyncio.QueueFull:
             self.overflowed = True
 
+    async def something_happened(self, should_stop: Callable[[], bool], deadline: float) -> bool:
+        """Wait until an event is queued and take every queued one (for a stream that shows state,
+        not each event); False when the stream should end first."""
+        while not should_stop() and self.loop.time() < deadline:
+            try:  # a second at a time: a server shutting down ends its streams at once
+                await asyncio.wait_for(self.queue.get(), 1.0)
+            except TimeoutError:
+                continue
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.overflowed = False
+            return True
+        return False
+
 
 class EventHub:
     """The one LISTEN of this process, fanned out to the open streams; started by the first."""

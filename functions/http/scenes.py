@@ -1,17 +1,17 @@
 """/api/jobs and /api/scenes: submit, list, show, approve and upscale scenes, follow a scene's
 progress (server-sent events) and fetch its segments' files (with byte ranges)."""
 
+import asyncio
 import json
 import re
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import Response, StreamingResponse
 from pydantic import Field
-from starlette.background import BackgroundTask
 
+from functions.http import live
 from functions.http.dependencies import Artist, Body, Conn, Deps, Id, Viewer
 from functions.http.paging import DEFAULT_LIMIT, Limit, OlderThan, listed, page
 from functions.http.problems import ERRORS, PROBLEM_SCHEMA, Problem
@@ -20,7 +20,6 @@ from shared.errors import NotFound
 
 # A live progress stream ends with its scene, or after this long (the browser reconnects).
 STREAM_SECONDS = 600
-STREAM_POLL_SECONDS = 0.5
 
 RANGE = re.compile(r"bytes=(\d+-\d*|-\d+)")  # one range; a multi-range request gets the whole file
 
@@ -110,30 +109,43 @@ def upscale_scene(scene_id: Id, key: Artist, deps: Deps, body: UpscaleRequest | 
     200: {"description": "server-sent events: `event: scene` with the scene's JSON at each change",
           "content": {"text/event-stream": {}}}, 404: ERRORS[404],
     429: {"description": "the key has TIERFLOW_MAX_STREAMS_PER_KEY live streams open", "content": PROBLEM_SCHEMA}})
-def scene_events(scene_id: Id, key: Viewer, conn: Conn, deps: Deps, request: Request) -> StreamingResponse:
+async def scene_events(scene_id: Id, key: Viewer, conn: Conn, deps: Deps, request: Request) -> StreamingResponse:
+    """The scene's JSON at each change of status or progress until it settles: what the shared
+    live stream (/api/events) says about the scene, read again when it says something."""
     scenes.get_scene(conn, scene_id)  # a 404 now, not an empty stream
-    stopping = request.app.state.stopping  # a shutting-down server ends its streams, or it waits for them
-    streams = request.app.state.streams
+    app = request.app
+    streams = app.state.streams
     if not streams.open(key.name, deps.settings.max_streams_per_key):
         raise Problem(429, "Too many streams", f"key {key.name!r} has {deps.settings.max_streams_per_key} live streams "
                       "open (TIERFLOW_MAX_STREAMS_PER_KEY); close one first")
+    stream = live.Stream(asyncio.get_running_loop(), scene_id, None)
+    try:  # before the first read: nothing that changes after it is missed
+        await asyncio.to_thread(app.state.hub.open, stream)
+    except BaseException:
+        streams.close(key.name)
+        raise
 
-    def stream():
-        last, deadline = None, time.monotonic() + STREAM_SECONDS
+    def read() -> dict:
         with deps.connect() as own:
-            while time.monotonic() < deadline and not stopping.is_set():
-                scene = scene_json(scenes.get_scene(own, scene_id))
+            return scene_json(scenes.get_scene(own, scene_id))
+
+    async def events():
+        last, deadline = None, stream.loop.time() + STREAM_SECONDS
+        try:
+            while True:
+                scene = await asyncio.to_thread(read)
                 state = (scene["status"], scene["progress"], [s["status"] for s in scene["segments"]])
                 if state != last:
                     last = state
                     yield f"event: scene\ndata: {json.dumps(scene)}\n\n"
-                if scene["status"] in lifecycle.SETTLED:
+                if scene["status"] in lifecycle.SETTLED or not await stream.something_happened(
+                        app.state.stopping.is_set, deadline):
                     return
-                time.sleep(STREAM_POLL_SECONDS)
+        finally:
+            app.state.hub.close(stream)
+            streams.close(key.name)
 
-    # The background task runs when the response ends, also when the browser went away first.
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
-                             background=BackgroundTask(streams.close, key.name))
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/api/scenes/{scene_id}/segments/{position}/{kind}", responses={

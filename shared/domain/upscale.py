@@ -28,6 +28,8 @@ from shared.errors import Conflict
 
 # How long an upscale waits for the source's approval that was published and is not applied yet.
 APPROVAL_WAIT_SECONDS = 15.0
+# The handler whose record in processed_events says an approval was applied (others take the topic too).
+APPROVAL_CONSUMER = "on_scene_approved"
 
 
 class NotApproved(Conflict):
@@ -110,8 +112,8 @@ def approval_pending(conn: psycopg.Connection, scene_id: int) -> bool:
     """A `scene.approved` of the scene is in the outbox and not applied yet."""
     return conn.execute(
         """SELECT 1 FROM outbox o WHERE o.topic = 'scene.approved' AND o.message_key = %s AND NOT EXISTS (
-               SELECT 1 FROM processed_events p WHERE p.consumer = 'on_scene_approved' AND p.event_id = o.event_id)
-           LIMIT 1""", [str(scene_id)]).fetchone() is not None
+               SELECT 1 FROM processed_events p WHERE p.consumer = %s AND p.event_id = o.event_id)
+           LIMIT 1""", [str(scene_id), APPROVAL_CONSUMER]).fetchone() is not None
 
 
 def _request_upscale(deps, scene_id: int, target_tier: str, requested_by: str | None, role: str | None) -> int:

@@ -193,8 +193,8 @@ def follow_scene(deps, functions: Sequence[Function], scene_id: int,
 def approval_settled(conn: psycopg.Connection, scene_id: int, event_id: str) -> bool:
     """The approval event was applied and, where the project upscales automatically, the
     target scene exists."""
-    applied = conn.execute("SELECT 1 FROM processed_events WHERE consumer = 'on_scene_approved' AND event_id = %s",
-                           [event_id]).fetchone()  # (the webhooks handler takes it too)
+    applied = conn.execute("SELECT 1 FROM processed_events WHERE consumer = %s AND event_id = %s",
+                           [upscale.APPROVAL_CONSUMER, event_id]).fetchone()
     if not applied:
         return False
     expects_target = upscale.auto_upscale_request(scenes.scene_row(conn, scene_id)) is not None
