@@ -146,6 +146,17 @@ def api_deps(database_url, tmp_path, tiny_model):
 
 
 @pytest.fixture
+def client(api_deps):
+    """The API over `api_deps`, in this process (FastAPI's TestClient)."""
+    from fastapi.testclient import TestClient
+
+    from functions.http.app import create_app
+
+    with TestClient(create_app(api_deps)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
 def deps(database_url, tmp_path):
     """Deps on the test's database (embedded bus: no Kafka configured); its embedded S3 server,
     if a test starts it, is stopped afterwards."""

@@ -5,21 +5,13 @@ import threading
 import time
 
 import pytest
-from fastapi.testclient import TestClient
 
-from functions.http.app import create_app
 from tests.conftest import API_KEYS as KEYS
 from tests.conftest import make_scene, run_until
 
 pytestmark = pytest.mark.integration
 
 PROBLEM = "application/problem+json"
-
-
-@pytest.fixture
-def client(api_deps):
-    with TestClient(create_app(api_deps)) as test_client:
-        yield test_client
 
 
 def as_(role: str) -> dict:

@@ -15,34 +15,12 @@ from shared.domain import catalogue, fleet, usage, webhooks
 from shared.runtime import bus
 from tests.conftest import API_KEYS as KEYS
 from tests.conftest import make_scene
+from tests.integration.test_http_api import _count, _problem, as_
 
 pytestmark = pytest.mark.integration
 
-PROBLEM = "application/problem+json"
 NEXT = re.compile(r'<(/api/[^>]*)>; rel="next"')
 ALL = list(FUNCTIONS.values())
-
-
-@pytest.fixture
-def client(api_deps):
-    with TestClient(create_app(api_deps)) as test_client:
-        yield test_client
-
-
-def as_(role: str) -> dict:
-    return {"X-API-Key": KEYS[role]}
-
-
-def _problem(response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body = response.json()
-    assert body["status"] == status and body["title"] and body["detail"]
-    return body
-
-
-def _count(conn, table: str) -> int:
-    return conn.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"]
 
 
 def _walk(client, url: str, role: str = "viewer") -> tuple[list[list], list[str]]:

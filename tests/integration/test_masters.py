@@ -245,11 +245,13 @@ def test_master_settings_a_tier_cannot_hold_are_refused_when_it_is_created_or_up
         assert [t.to_json() for t in tiers.list_tiers(conn)] == before
 
 
-def test_a_scene_whose_size_dnxhr_cannot_take_is_refused_at_submission_with_nothing_written(gen_deps, masters, conn):
+def test_a_scene_whose_size_dnxhr_cannot_take_is_refused_at_submission_with_nothing_written(gen_deps, masters):
     # 9:16 in the dnx tier's 256×256 box is 144×256: narrower than DNxHR's 256.
-    before = conn.execute("SELECT count(*) FROM scenes").fetchone()["count"]
-    with pytest.raises(Conflict) as refused:
-        scenes.submit_scene(gen_deps, project="fox", name="portrait", aspect="9:16", segments=SEGMENTS[:1], tier="dnx")
-    assert str(refused.value) == ("codec dnxhr needs frames of at least 256×120, and a 9:16 scene's size at tier dnx "
-                                  "is 144×256: make it larger or use codec prores")
-    assert conn.execute("SELECT count(*) FROM scenes").fetchone()["count"] == before
+    with gen_deps.connect() as module_conn:  # the module's database (conftest's `conn` is another test's)
+        before = module_conn.execute("SELECT count(*) FROM scenes").fetchone()["count"]
+        with pytest.raises(Conflict) as refused:
+            scenes.submit_scene(gen_deps, project="fox", name="portrait", aspect="9:16", segments=SEGMENTS[:1],
+                                tier="dnx")
+        assert str(refused.value) == ("codec dnxhr needs frames of at least 256×120, and a 9:16 scene's size at tier "
+                                      "dnx is 144×256: make it larger or use codec prores")
+        assert module_conn.execute("SELECT count(*) FROM scenes").fetchone()["count"] == before
