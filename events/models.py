@@ -167,6 +167,10 @@ class UpscaleFailed(Event):
 # Generation
 
 
+NOISE_SCHEMES = ("consistent-v1", "native")  # shared.media.noise implements them
+NoiseScheme = Literal[NOISE_SCHEMES]
+
+
 class Recipe(_Frozen):
     """Everything that shapes the frames of a segment except its size: identical at every tier."""
 
@@ -184,6 +188,10 @@ class Recipe(_Frozen):
         description="The weights `model` was pinned to: a hub commit, or sha256 over the directory's files; "
                     "absent in recipes made before the catalogue.")
     scheduler: str | None = Field(default=None, min_length=1, max_length=200)
+    noise: NoiseScheme = Field(default="native", description=(
+        "How the initial noise is drawn from the seed: consistent-v1 (one continuous field integrated over each latent "
+        "pixel, so every tier of a scene starts from the same picture) or native (the pipeline's own randn at each "
+        "size); absent in recipes made before the choice existed, which are native."))
 
 
 class GenerationRequested(Event):

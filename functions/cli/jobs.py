@@ -9,7 +9,7 @@ from pathlib import Path
 from functions import worker
 from functions.cli.parsing import add_command, add_group, print_table
 from functions.handlers.registry import FUNCTIONS
-from shared.domain import fleet, projects, recipe, scenes, upscale, usage
+from shared.domain import estimate, fleet, projects, recipe, scenes, upscale, usage
 from shared.errors import InvalidInput
 from shared.runtime import drive
 
@@ -46,12 +46,12 @@ def _segment_specs(args) -> dict:
             raise InvalidInput(f"the spec file is not valid JSON ({exc.msg} at line {exc.lineno})") from None
         spec = scenes.parse_spec(document)
         # Options on the command line override the file's.
-        for key in ("project", "scene", "aspect", "tier", "model"):
+        for key in ("project", "scene", "aspect", "tier", "model", "noise"):
             if getattr(args, key, None):
                 spec[key] = getattr(args, key)
         return spec
     return {"project": args.project, "scene": args.scene, "aspect": args.aspect, "tier": args.tier,
-            "model": args.model, "segments": [recipe.SegmentSpec(**s) for s in args.segments or []]}
+            "model": args.model, "noise": args.noise, "segments": [recipe.SegmentSpec(**s) for s in args.segments or []]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +135,8 @@ def cmd_jobs_submit(deps, args) -> int:
     if missing:
         raise InvalidInput(f"missing {', '.join(missing)} (on the command line or in the spec file)")
     scene_id = scenes.submit_scene(deps, project=spec["project"], name=spec["scene"], aspect=spec["aspect"],
-                                   segments=spec["segments"], tier=spec["tier"], model=spec["model"])
+                                   segments=spec["segments"], tier=spec["tier"], model=spec["model"],
+                                   noise=spec.get("noise"))
     _applied(deps, args)
     return _show_result(deps, scene_id, args)
 
@@ -176,6 +177,20 @@ def _show_result(deps, scene_id: int, args) -> int:
 
 
 def cmd_scenes_upscale(deps, args) -> int:
+    if args.estimate:  # what it would cost; queues nothing, so nothing is applied either
+        if args.wait:
+            raise InvalidInput("--estimate queues nothing, so there is nothing to --wait for")
+        with deps.connect() as conn:
+            found = estimate.upscale_estimate(conn, args.scene_id, args.to)
+        if args.json:
+            print(json.dumps(found, indent=2))
+        else:
+            print(found["summary"])
+            if found["confidence"]:
+                error = "" if found["median_error"] is None else f", median error {100 * found['median_error']:.0f}%"
+                print(f"basis: {found['basis']['method']} on {found['basis']['jobs']} job(s); "
+                      f"confidence {found['confidence']}{error}")
+        return 0
     target_id = upscale.request_upscale(deps, args.scene_id, args.to, requested_by="cli")
     _applied(deps, args)
     if args.json and not args.wait:
@@ -320,6 +335,8 @@ def register(commands) -> None:
     submit.add_argument("--aspect", metavar="W:H", help="aspect ratio, e.g. 16:9, 9:16, 2.39:1")
     submit.add_argument("--tier", help="resolution tier (default: the default tier)")
     submit.add_argument("--model", help="a model catalogue name (`tierflow models list`; default: TIERFLOW_MODEL)")
+    submit.add_argument("--noise", choices=recipe.NOISE_SCHEMES, help=f"initial noise scheme (default {recipe.DEFAULT_NOISE}: "
+                        "keeps the composition across tiers; native: the pipeline's own, as outside Tierflow)")
     submit.add_argument("--spec", metavar="FILE.json", help="the whole job as JSON: project, scene, aspect, tier, "
                         "model, segments [{prompt, negative_prompt, seed, frames, fps, steps, guidance, scheduler}]")
     submit.add_argument("--prompt", action=_StartSegment, help="starts a new segment with this prompt")
@@ -347,6 +364,8 @@ def register(commands) -> None:
     up.add_argument("scene_id", type=int, metavar="ID")
     up.add_argument("--to", required=True, metavar="TIER", help="target tier, higher than the scene's")
     up.add_argument("--wait", action="store_true", help="follow the target scene to the end")
+    up.add_argument("--estimate", action="store_true", help="only print what it would cost (device seconds held "
+                    "and rendering, fitted to the jobs measured here); queues nothing")
     approve = add_command(scene_commands, "approve", cmd_scenes_approve,
                           "approve a generated scene (publishes scene.approved; may start the auto-upscale)")
     approve.add_argument("scene_id", type=int, metavar="ID")

@@ -3,7 +3,7 @@
 import argparse
 
 from functions.cli.parsing import add_command, add_group, number, print_json, print_table, whole_number
-from shared.domain import tiers
+from shared.domain import estimate, tiers
 from shared.domain.dimensions import parse_aspect
 
 
@@ -11,34 +11,52 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "-"
 
 
-def _tier_rows(tier_list: list[tiers.Tier], aspect) -> list[list[object]]:
+def _factor(value: float | None) -> str:
+    return "—" if value is None else f"{value:g}"
+
+
+def _tier_rows(tier_list: list[tiers.Tier], aspect, measured: dict | None) -> list[list[object]]:
     rows = []
     for t in tier_list:
-        row = [t.name, t.label, f"{t.width}×{t.height}", f"{t.speed_factor:g}", t.sort_order,
-               _yes(t.is_default), _yes(t.is_deliverable), _yes(t.is_builtin)]
+        row = [t.name, t.label, f"{t.width}×{t.height}", f"{t.speed_factor:g}"]
+        if measured is not None:
+            row.append(_factor(measured.get(t.name)))
+        row += [t.sort_order, _yes(t.is_default), _yes(t.is_deliverable), _yes(t.is_builtin)]
         if aspect:
             row.append("%d×%d" % t.size_for(aspect))
         rows.append(row)
     return rows
 
 
-def show_tiers(tier_list: list[tiers.Tier], aspect, as_json: bool) -> None:
+def show_tiers(tier_list: list[tiers.Tier], aspect, as_json: bool, measured: tuple[dict, dict | None] | None = None
+               ) -> None:
+    """The tiers as a table or JSON; with `measured` (estimate.measured_speed_factors), each
+    tier's measured speed factor and what it was measured on."""
+    factors, basis = measured if measured is not None else (None, None)
     if as_json:
         print_json([
-            {**t.to_json(), **({"size_for_aspect": dict(zip(("width", "height"), t.size_for(aspect)))} if aspect else {})}
+            {**t.to_json(), **({"size_for_aspect": dict(zip(("width", "height"), t.size_for(aspect)))} if aspect else {}),
+             **({"measured_speed_factor": factors.get(t.name), "measured_on": basis} if factors is not None else {})}
             for t in tier_list
         ])
         return
-    headers = ["NAME", "LABEL", "BOX", "SPEED", "ORDER", "DEFAULT", "DELIVERABLE", "BUILT-IN"]
+    headers = ["NAME", "LABEL", "BOX", "SPEED"] + (["MEASURED"] if factors is not None else []) + [
+        "ORDER", "DEFAULT", "DELIVERABLE", "BUILT-IN"]
     if aspect:
         headers.append(f"SIZE AT {aspect.label}")
-    print_table(headers, _tier_rows(tier_list, aspect))
+    print_table(headers, _tier_rows(tier_list, aspect, factors))
+    if factors is not None:
+        print("MEASURED: held seconds of a Production-sized segment over this tier's, "
+              + (f"16:9, {basis['frames']} frames, {basis['steps']} steps, fitted to {basis['jobs']} job(s) of "
+                 f"{basis['model']} on {basis['device']}" if basis else "once enough jobs are measured")
+              + "; — where not measured")
 
 
 def cmd_tiers_list(deps, args) -> int:
     aspect = parse_aspect(args.aspect) if args.aspect else None
     with deps.connect() as conn:
-        show_tiers(tiers.list_tiers(conn), aspect, args.json)
+        tier_list = tiers.list_tiers(conn)
+        show_tiers(tier_list, aspect, args.json, estimate.measured_speed_factors(conn, tier_list))
     return 0
 
 
@@ -97,7 +115,10 @@ def _add_tier_fields(parser: argparse.ArgumentParser, creating: bool) -> None:
 def register(commands) -> None:
     """Add `tiers` to the `tierflow` parser."""
     tier_commands = add_group(commands, "tiers", "resolution tiers: list and administer")
-    listing = add_command(tier_commands, "list", cmd_tiers_list, "list the tiers, lowest rank first")
+    listing = add_command(tier_commands, "list", cmd_tiers_list,
+                          "list the tiers, lowest rank first, each with its configured speed factor and the one "
+                          "measured (held seconds of a Production-sized segment over the tier's, per the cost model "
+                          "fitted to the most measured model and device: see `scenes upscale --estimate`)")
     listing.add_argument("--aspect", metavar="W:H", help="also show the size a scene of this aspect ratio gets")
 
     create = add_command(tier_commands, "create", cmd_tiers_create, "create a custom tier")

@@ -11,11 +11,12 @@ from fastapi import Path as PathParam
 from fastapi.responses import Response, StreamingResponse
 from pydantic import Field
 
+from events.models import NoiseScheme
 from functions.http import live
 from functions.http.dependencies import Artist, Body, Conn, Deps, Id, Viewer
 from functions.http.paging import DEFAULT_LIMIT, Limit, OlderThan, listed, page
 from functions.http.problems import ERRORS, PROBLEM_SCHEMA, Problem
-from shared.domain import lifecycle, recipe, scenes, upscale
+from shared.domain import estimate, lifecycle, recipe, scenes, upscale
 from shared.errors import NotFound
 
 # A live progress stream ends with its scene, or after this long (the browser reconnects).
@@ -47,6 +48,8 @@ class JobRequest(Body):
     tier: str | None = Field(default=None, description="a tier name; the default tier when omitted")
     model: str | None = Field(default=None,
                               description="a model catalogue name (GET /api/models); the configured default if omitted")
+    noise: NoiseScheme = Field(default=recipe.DEFAULT_NOISE, description=(
+        "initial noise: consistent-v1 keeps the composition across tiers; native is the pipeline's own"))
     segments: list[Segment] = Field(min_length=1, max_length=100)
 
 
@@ -68,7 +71,8 @@ def scene_json(scene: dict) -> dict:
 def submit_job(body: JobRequest, key: Artist, conn: Conn, deps: Deps) -> dict:
     segments = [recipe.SegmentSpec(**s.model_dump()) for s in body.segments]
     scene_id = scenes.submit_scene(deps, project=body.project, name=body.scene, aspect=body.aspect,
-                                   segments=segments, tier=body.tier, model=body.model, role=key.role)
+                                   segments=segments, tier=body.tier, model=body.model, role=key.role,
+                                   noise=body.noise)
     return scene_json(scenes.get_scene(conn, scene_id))
 
 
@@ -103,6 +107,20 @@ def upscale_scene(scene_id: Id, key: Artist, deps: Deps, body: UpscaleRequest | 
     target_tier = (body or UpscaleRequest()).target_tier
     target_id = upscale.request_upscale(deps, scene_id, target_tier, requested_by=key.name, role=key.role)
     return {"scene_id": target_id, "source_scene_id": scene_id, "target_tier": target_tier}
+
+
+@router.get("/api/scenes/{scene_id}/upscale-estimate", responses={
+    404: {**ERRORS[404], "description": "no such scene or tier"},
+    409: {**ERRORS[409], "description": "the upscale itself would be refused: the tier is not above the scene's, the "
+                                        "scene is not fully generated, a deliverable tier for a scene not approved, "
+                                        "its model left the catalogue, or above an artist's tier"}})
+def upscale_estimate(scene_id: Id, key: Viewer, conn: Conn,
+                     to: Annotated[str, Query(description="the target tier")] = "production") -> dict:
+    """What upscaling the scene to `to` would cost, refused as the upscale itself would be; queues
+    nothing (`tierflow scenes upscale ID --to TIER --estimate --json`): `estimated_held_seconds`
+    and `estimated_render_seconds` (None when there is nothing measured to go on), `basis` (the
+    method, `fitted` or `speed_factor`, and the jobs it rests on), `confidence`, `summary`."""
+    return estimate.upscale_estimate(conn, scene_id, to, role=key.role)
 
 
 @router.get("/api/scenes/{scene_id}/events", responses={

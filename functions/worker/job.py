@@ -246,7 +246,7 @@ def _run_job(deps: Deps, job: JobDocument, claim: Claim, *, device: str, pipelin
         frames = render(
             pipeline, prompt=recipe.prompt, negative_prompt=recipe.negative_prompt, seed=recipe.seed,
             frames=recipe.frames, steps=recipe.steps, guidance=recipe.guidance, width=job.width,
-            height=job.height, device=device,
+            height=job.height, device=device, noise=recipe.noise,
             on_step=lambda step, total: claim.report(GenerationProgress(**ids, step=step, total_steps=total)),
         )
         device_seconds = time.monotonic() - started

@@ -88,9 +88,11 @@ def submit_scene(
     tier: str | None = None,
     model: str | None = None,
     role: str | None = None,
+    noise: str | None = None,
 ) -> int:
     """Validate everything, then create the scene and queue its jobs; nothing is written on error.
     `model` names a catalogue model (None: `deps.default_model()`); anything else is refused.
+    `noise` is the initial noise scheme (None: recipe.DEFAULT_NOISE).
     The project's cost bounds (shared.domain.limits) hold; `role` is the caller's API key role
     (None: the operator)."""
     # 1. validate everything that needs no database
@@ -106,7 +108,7 @@ def submit_scene(
     # 2. model, tier (default: whichever is default now) and size, then write it all in one transaction
     with deps.uow() as uow:
         entry = catalogue.for_submission(uow.conn, model)
-        recipes = build_recipes(segments, entry["name"], entry["pin"])
+        recipes = build_recipes(segments, entry["name"], entry["pin"], noise)
         chosen = tiers.get_tier(uow.conn, tier) if tier else tiers.default_tier(uow.conn)
         chosen.size_for(parsed_aspect)  # refuses an aspect too extreme for the tier before writing
         limits.check_submission(uow.conn, project.strip(), recipes, chosen, role)
@@ -335,10 +337,10 @@ def job_document(conn: psycopg.Connection, job_id: int) -> dict:
 
 
 def parse_spec(document: Any) -> dict:
-    """A --spec file: {"project", "scene", "aspect", "tier"?, "model"?, "segments": [{...}]}."""
+    """A --spec file: {"project", "scene", "aspect", "tier"?, "model"?, "noise"?, "segments": [{...}]}."""
     if not isinstance(document, dict):
         raise InvalidInput("the spec must be a JSON object with project, scene, aspect and segments")
-    unknown = set(document) - {"project", "scene", "aspect", "tier", "model", "segments"}
+    unknown = set(document) - {"project", "scene", "aspect", "tier", "model", "noise", "segments"}
     if unknown:
         raise InvalidInput(f"unknown spec field(s): {', '.join(sorted(unknown))}")
     segments = document.get("segments")
@@ -353,4 +355,4 @@ def parse_spec(document: Any) -> dict:
         if "prompt" not in segment:
             raise InvalidInput(f"segment {position + 1}: prompt is required")
         specs.append(SegmentSpec(**segment))
-    return {**{k: document.get(k) for k in ("project", "scene", "aspect", "tier", "model")}, "segments": specs}
+    return {**{k: document.get(k) for k in ("project", "scene", "aspect", "tier", "model", "noise")}, "segments": specs}

@@ -9,6 +9,7 @@ repeated, redelivered or concurrent request returns the first.
 """
 
 import time
+from dataclasses import dataclass
 
 import psycopg
 
@@ -36,16 +37,37 @@ class NotApproved(Conflict):
     """A deliverable target asked of a source that is not approved."""
 
 
-def upscale_scene(conn: psycopg.Connection, emit, scene_id: int, target_tier: str) -> tuple[int, bool]:
-    """Create (or find) the re-generation of `scene_id` at `target_tier`; returns (target id, created).
+@dataclass(frozen=True)
+class UpscalePlan:
+    """What an upscale of `source` to `target` would create, every check passed: the target tier,
+    the aspect and the size it is generated at, the source's segments and their recipes, and the
+    target scene that exists already (a repeated request returns it and creates nothing)."""
 
-    Runs in the caller's transaction. Refused, with the reason and nothing written: an unknown
-    scene or tier, a tier not above the source's, a source not fully generated, and a
-    deliverable target (Production) for a source that is not approved.
-    """
-    # 1. the source, locked so concurrent requests for it queue here
-    source = scene_row(conn, scene_id, for_update=True)
+    source: dict
+    target: tiers.Tier
+    aspect: AspectRatio
+    segments: list[dict]
+    recipes: list
+    existing_target_id: int | None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.target.size_for(self.aspect)
+
+
+def plan_upscale(conn: psycopg.Connection, scene_id: int, target_tier: str, *, role: str | None = None,
+                 for_update: bool = False) -> UpscalePlan:
+    """Every check an upscale of `scene_id` to `target_tier` makes, in order, writing nothing:
+    an unknown scene or tier, a tier above an artist's bound (`role`, shared.domain.limits), a
+    tier not above the source's, then, unless the target exists already, a source not fully
+    generated, a deliverable target (Production) for a source that is not approved, and a model
+    that left the catalogue or changed pin. `for_update` locks the source, so that concurrent
+    requests for it queue here (the real upscale); an estimate reads without a lock."""
+    # 1. the source and the target tier
+    source = scene_row(conn, scene_id, for_update=for_update)
     target = tiers.get_tier(conn, target_tier)
+    if role is not None:
+        limits.check_tier(limits.project_limits(conn, source["project"]), source["project"], target, role)
     if target.sort_order <= source["tier_sort_order"]:
         raise Conflict(
             f"scene {scene_id} is {source['tier']}; upscaling goes to a higher tier than {source['tier']}, "
@@ -54,8 +76,14 @@ def upscale_scene(conn: psycopg.Connection, emit, scene_id: int, target_tier: st
     existing = conn.execute(
         "SELECT id FROM scenes WHERE upscaled_from_scene_id = %s AND resolution_tier_id = %s", [scene_id, target.id]
     ).fetchone()
-    if existing:
-        return existing["id"], False
+    # 2. the identical recipe, segment by segment
+    segments = conn.execute("SELECT * FROM segments WHERE scene_id = %s ORDER BY position", [scene_id]).fetchall()
+    recipes = [recipe_of(segment) for segment in segments]
+    plan = UpscalePlan(source=source, target=target, aspect=AspectRatio(source["aspect_width"], source["aspect_height"]),
+                       segments=segments, recipes=recipes, existing_target_id=existing["id"] if existing else None)
+    if existing:  # requesting it again returns it, whatever became of the source since
+        return plan
+    # 3. what the source must be for a new target
     if source["status"] not in lifecycle.FULLY_GENERATED:
         raise Conflict(f"scene {scene_id} is {source['status']}; only a fully generated scene can be upscaled")
     if target.is_deliverable and source["status"] != "approved":
@@ -63,17 +91,28 @@ def upscale_scene(conn: psycopg.Connection, emit, scene_id: int, target_tier: st
             f"scene {scene_id} is not approved; approve it before upscaling to {target.label}: "
             f"tierflow scenes approve {scene_id}"
         )
-    # 2. the identical recipe, segment by segment
-    segments = conn.execute("SELECT * FROM segments WHERE scene_id = %s ORDER BY position", [scene_id]).fetchall()
-    recipes = [recipe_of(segment) for segment in segments]
     for model, pin in sorted({(r.model, r.model_pin or "") for r in recipes}):
         catalogue.check_still_pinned(conn, scene_id, model, pin or None)
-    aspect = AspectRatio(source["aspect_width"], source["aspect_height"])
-    # 3. the target scene and its jobs; the unique index is the final word on "one target"
+    return plan
+
+
+def upscale_scene(conn: psycopg.Connection, emit, scene_id: int, target_tier: str, *,
+                  role: str | None = None) -> tuple[int, bool]:
+    """Create (or find) the re-generation of `scene_id` at `target_tier`; returns (target id, created).
+
+    Runs in the caller's transaction. Refused, with the reason and nothing written, by the
+    checks of `plan_upscale`.
+    """
+    # 1. every check, the source locked so concurrent requests for it queue here
+    plan = plan_upscale(conn, scene_id, target_tier, role=role, for_update=True)
+    if plan.existing_target_id is not None:
+        return plan.existing_target_id, False
+    source, target = plan.source, plan.target
+    # 2. the target scene and its jobs; the unique index is the final word on "one target"
     with conn.transaction():
         try:
-            target_id = create_scene(conn, emit, project=source["project"], name=source["name"], aspect=aspect,
-                                     tier=target, recipes=recipes, upscaled_from_scene_id=scene_id)
+            target_id = create_scene(conn, emit, project=source["project"], name=source["name"], aspect=plan.aspect,
+                                     tier=target, recipes=plan.recipes, upscaled_from_scene_id=scene_id)
         except psycopg.errors.UniqueViolation:
             target_id = None
     if target_id is None:  # created meanwhile by a request that did not wait on our lock
@@ -119,13 +158,10 @@ def approval_pending(conn: psycopg.Connection, scene_id: int) -> bool:
 def _request_upscale(deps, scene_id: int, target_tier: str, requested_by: str | None, role: str | None) -> int:
     with deps.uow() as uow:
         source = scene_row(uow.conn, scene_id)
-        if role is not None:
-            limits.check_tier(limits.project_limits(uow.conn, source["project"]), source["project"],
-                              tiers.get_tier(uow.conn, target_tier), role)
         # The source scene's trace goes on: its upscale is part of the same story.
         with tracing.scope(source["traceparent"] or tracing.current(), name="request upscale",
                            attributes={"tierflow.scene_id": scene_id, "tierflow.tier": target_tier}):
-            target_id, _ = upscale_scene(uow.conn, uow.emit, scene_id, target_tier)
+            target_id, _ = upscale_scene(uow.conn, uow.emit, scene_id, target_tier, role=role)
             uow.emit(UpscaleRequested(source_scene_id=scene_id, target_tier=target_tier, requested_by=requested_by))
     return target_id
 

@@ -1,7 +1,8 @@
 """Loading any diffusers pipeline onto a device and rendering one segment with it.
 
 Tiers change only the size: `render` takes everything else from the recipe, and the seeded
-generator makes the same recipe at the same size give the same frames bit for bit on one device.
+initial noise (shared.media.noise) makes the same recipe at the same size give the same frames
+bit for bit on one device.
 """
 
 import inspect
@@ -15,6 +16,7 @@ import numpy as np
 from events.models import MAX_SEED
 from shared.domain.dimensions import SIZE_STEP
 from shared.errors import InvalidInput, TierflowError
+from shared.media import noise as noise_schemes
 from shared.media.models import (
     HOW_TO_GET_A_MODEL,
     HUB_ID,
@@ -132,7 +134,7 @@ def load_pipeline(source: str, device: str, *, pin: str | None = None, name: str
     return pipeline
 
 
-def _render_problems(prompt, seed, frames, steps, guidance, width, height) -> list[str]:
+def _render_problems(prompt, seed, frames, steps, guidance, width, height, noise) -> list[str]:
     def whole(value) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
@@ -150,6 +152,8 @@ def _render_problems(prompt, seed, frames, steps, guidance, width, height) -> li
         problems.append(f"seed {seed!r} must be a whole number from 0 to {MAX_SEED}")
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance < math.inf:
         problems.append(f"guidance {guidance!r} must be a finite number of at least 0")
+    if noise not in noise_schemes.SCHEMES:
+        problems.append(f"noise {noise!r} must be one of {', '.join(noise_schemes.SCHEMES)}")
     return problems
 
 
@@ -183,6 +187,40 @@ def _step_callback(pipeline, on_step: Callable[[int, int], None]) -> dict:
     raise TierflowError(f"{type(pipeline).__name__} offers no step callback, so progress cannot be reported")
 
 
+# Pipelines whose `latents` are (batch, channels, frames, height / scale, width / scale), the layout
+# consistent-v1 noise is drawn for: diffusers' text-to-video UNet3D, AnimateDiff, Wan, HunyuanVideo
+# and Mochi. Others pack or reorder their latents (CogVideoX puts frames first, LTX-Video packs
+# patches); giving them this noise would be silently wrong, so they are refused.
+CHANNELS_FIRST_VIDEO = frozenset({
+    "TextToVideoSDPipeline", "AnimateDiffPipeline", "WanPipeline", "HunyuanVideoPipeline", "MochiPipeline"})
+
+
+def latent_scale(pipeline) -> int:
+    """How many image pixels one latent pixel spans per side (the VAE's spatial factor)."""
+    return getattr(pipeline, "vae_scale_factor_spatial", None) or pipeline.vae_scale_factor
+
+
+def initial_latents(pipeline, *, scheme: str, seed: int, frames: int, height: int, width: int, device: str):
+    """The `latents` keyword argument for `pipeline` under noise `scheme`: {} for native (the
+    pipeline draws its own from the seeded generator), else the scheme's noise at the pipeline's
+    latent size, in its dtype on `device`. Raises InvalidInput for a pipeline whose latent layout
+    the scheme does not serve."""
+    if scheme == noise_schemes.NATIVE:
+        return {}
+    name = type(pipeline).__name__
+    if name not in CHANNELS_FIRST_VIDEO:
+        raise InvalidInput(
+            f"{scheme} noise needs latents laid out (batch, channels, frames, height, width), which {name} does not "
+            f"promise (it serves {', '.join(sorted(CHANNELS_FIRST_VIDEO))}); submit the scene with noise native")
+    denoiser = getattr(pipeline, "unet", None) or pipeline.transformer
+    scale = latent_scale(pipeline)
+    temporal = getattr(pipeline, "vae_scale_factor_temporal", 1)
+    latent_frames = (frames - 1) // temporal + 1 if temporal > 1 else frames
+    noise = noise_schemes.initial_noise(seed, channels=denoiser.config.in_channels, frames=latent_frames,
+                                        height=height // scale, width=width // scale, scheme=scheme)
+    return {"latents": noise[None].to(device=device, dtype=denoiser.dtype)}
+
+
 def _as_uint8_frames(video) -> np.ndarray:
     """(frames, H, W, 3) uint8 from what a pipeline returns for output_type="np".
 
@@ -212,23 +250,27 @@ def render(
     width: int,
     height: int,
     device: str,
+    noise: str = noise_schemes.NATIVE,
     on_step: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Render one segment: uint8 RGB frames shaped (frames, height, width, 3).
 
-    The same pipeline, recipe and size on the same device give identical frames. `on_step(step,
-    total)` is called after every denoising step, step counting 1..total.
+    The same pipeline, recipe and size on the same device give identical frames. `noise` is the
+    recipe's noise scheme. `on_step(step, total)` is called after every denoising step, step
+    counting 1..total.
     """
     import torch
 
     # 1. validate, before any work
-    problems = _render_problems(prompt, seed, frames, steps, guidance, width, height)
+    problems = _render_problems(prompt, seed, frames, steps, guidance, width, height, noise)
     if problems:
         raise InvalidInput("cannot render: " + "; ".join(problems))
 
     # 2. sample
     generator = torch.Generator(device).manual_seed(seed)
     extra = _step_callback(pipeline, on_step) if on_step else {}
+    extra |= initial_latents(pipeline, scheme=noise, seed=seed, frames=frames, height=height, width=width,
+                             device=device)
     output = pipeline(
         prompt=prompt, negative_prompt=negative_prompt, num_frames=frames, num_inference_steps=steps,
         guidance_scale=guidance, width=width, height=height, generator=generator, output_type="np", **extra,

@@ -9,6 +9,7 @@ on the CPU, so the waits are generous; they are limits, not speed targets.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,6 +43,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+# The upscale button once its estimate is in: "Upscale to Production · ~3.4 s CPU (rough est.)".
+COSTED = re.compile(r"Upscale to \S+ · ~\d+(\.\d)? (s|min) \S+( \(rough est\.\))?")
 # Cards and delivery checkboxes are re-rendered as scenes change: look elements up again.
 FLAKY_LOOKUPS = (NoSuchElementException, StaleElementReferenceException, ElementClickInterceptedException)
 
@@ -225,11 +228,25 @@ def test_draft_approve_upscale_compare_and_deliver_in_the_browser(server, browse
         # Approve, then the one-click upscale: prominent on an approved Draft, Production preselected.
         click(driver, card(draft_id) + ' [data-testid="approve"]')
         wait(driver).until(lambda d: find(d, card(draft_id)).get_attribute("data-status") == "approved")
-        upscale = find(driver, card(draft_id) + ' [data-testid="upscale"]')
-        assert "primary" in upscale.get_attribute("class").split()
-        target = Select(find(driver, card(draft_id) + ' [data-testid="upscale-tier"]'))
-        assert target.first_selected_option.text == "Production"
-        click(driver, card(draft_id) + ' [data-testid="upscale"]')
+        button, selector = card(draft_id) + ' [data-testid="upscale"]', card(draft_id) + ' [data-testid="upscale-tier"]'
+        # The card may be drawn again meanwhile (the approval arrives twice: stream and reload): look it up each time.
+        wait(driver).until(lambda d: "primary" in find(d, button).get_attribute("class").split())
+        wait(driver).until(lambda d: Select(find(d, selector)).first_selected_option.text == "Production")
+        # What it would cost, on the button: one measured Draft job, so the speed factors, said to be rough.
+        label = wait(driver).until(lambda d: COSTED.fullmatch(find(d, button).text) and find(d, button).text)
+        assert label.startswith("Upscale to Production · ~") and label.endswith("CPU (rough est.)"), label
+
+        def costed_at(tier: str, label: str):
+            def check(d) -> bool:
+                select = Select(find(d, selector))
+                if select.first_selected_option.get_attribute("value") != tier:
+                    select.select_by_value(tier)  # (again, if the card was drawn anew)
+                return COSTED.fullmatch(find(d, button).text) is not None and find(d, button).text.startswith(label)
+            return check
+
+        wait(driver).until(costed_at("preview", "Upscale to Preview · ~"))  # fetched again, its own figure
+        wait(driver).until(costed_at("production", "Upscale to Production · ~"))
+        click(driver, button)
 
         production = wait(driver).until(lambda d: find(d, '[data-testid="scene-card"][data-tier="production"]'))
         production_id = production.get_attribute("data-scene-id")

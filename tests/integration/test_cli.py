@@ -43,7 +43,7 @@ def test_tiers_list_json_prints_the_seed_tiers(cli):
     ]
     assert set(listed[0]) == {
         "id", "name", "label", "width", "height", "speed_factor", "sort_order", "is_default", "is_deliverable",
-        "is_builtin", "quality_settings", "created_at", "updated_at",
+        "is_builtin", "quality_settings", "created_at", "updated_at", "measured_speed_factor", "measured_on",
     }
 
 

@@ -116,6 +116,37 @@ def test_on_step_is_called_after_every_step_up_to_the_total(pipeline):
     assert calls == [(1, 3), (2, 3), (3, 3)]
 
 
+def test_consistent_noise_is_what_the_pipeline_starts_from_and_native_is_its_own(pipeline):
+    import torch
+
+    from shared.media import noise
+
+    consistent = render(pipeline, 512, 288, noise="consistent-v1")
+    assert np.array_equal(consistent, render(pipeline, 512, 288, noise="consistent-v1"))
+    assert not np.array_equal(consistent, render(pipeline, 512, 288))  # native: the pipeline's own randn
+    # The scheme's noise, handed to the pipeline by hand, gives the same frames: it is the start.
+    latents = noise.initial_noise(RECIPE["seed"], channels=pipeline.unet.config.in_channels, frames=RECIPE["frames"],
+                                  height=288 // 8, width=512 // 8, scheme="consistent-v1")
+    by_hand = pipeline(prompt=RECIPE["prompt"], negative_prompt=RECIPE["negative_prompt"],
+                       num_frames=RECIPE["frames"], num_inference_steps=RECIPE["steps"],
+                       guidance_scale=RECIPE["guidance"], width=512, height=288, latents=latents[None],
+                       generator=torch.Generator("cpu").manual_seed(RECIPE["seed"]), output_type="np").frames
+    assert np.array_equal(consistent, media_pipeline._as_uint8_frames(by_hand))
+
+
+def test_consistent_noise_is_refused_for_a_pipeline_whose_latents_are_laid_out_otherwise(pipeline):
+    import copy
+
+    class PackedLatentsPipeline(type(pipeline)):  # e.g. LTX-Video packs its latents into patches
+        pass
+
+    other = copy.copy(pipeline)
+    other.__class__ = PackedLatentsPipeline
+    with pytest.raises(InvalidInput, match="PackedLatentsPipeline does not promise .*submit the scene with noise native"):
+        render(other, 64, 64, noise="consistent-v1")
+    assert render(other, 64, 64).shape == (RECIPE["frames"], 64, 64, 3)  # native serves any pipeline
+
+
 @pytest.mark.parametrize(("changes", "message"), [
     ({"width": 500}, "width 500 must be a positive multiple of 8"),
     ({"height": 0}, "height 0 must be a positive multiple of 8"),
@@ -123,6 +154,7 @@ def test_on_step_is_called_after_every_step_up_to_the_total(pipeline):
     ({"steps": 0}, "steps 0 must be at least 1"),
     ({"seed": -1}, "seed -1 must be a whole number"),
     ({"prompt": "  "}, "prompt must be non-empty"),
+    ({"noise": "perlin"}, "noise 'perlin' must be one of consistent-v1, native"),
 ])
 def test_bad_render_input_is_refused_before_any_work(pipeline, changes, message):
     arguments = {**RECIPE, "width": 512, "height": 288, **changes}

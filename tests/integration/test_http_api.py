@@ -183,6 +183,9 @@ def test_a_job_gets_the_default_tier_or_the_chosen_one(client, conn):
     assert (chosen.json()["tier"], chosen.json()["width"], chosen.json()["height"]) == ("production", 600, 1080)
     assert defaulted.json()["tier"] == "preview"
     assert isinstance(defaulted.json()["segments"][0]["recipe"]["seed"], int)  # random, and stored
+    assert scene["segments"][0]["recipe"]["noise"] == "consistent-v1"  # the default of new scenes
+    native = client.post("/api/jobs", headers=as_("artist"), json={**JOB, "noise": "native"})
+    assert native.json()["segments"][0]["recipe"]["noise"] == "native"
 
 
 @pytest.mark.parametrize("change,status,words", [
@@ -192,6 +195,7 @@ def test_a_job_gets_the_default_tier_or_the_chosen_one(client, conn):
     ({"segments": [{"prompt": "p", "steps": 0}]}, 422, "steps"),
     ({"project": " "}, 422, "project"),
     ({"colour": "red"}, 422, "colour"),
+    ({"noise": "perlin"}, 422, "noise"),
     ({"project": "nul\u0000byte"}, 422, "PostgreSQL refused"),
 ])
 def test_a_bad_job_is_refused_precisely_and_writes_nothing(client, conn, change, status, words):

@@ -386,7 +386,7 @@ def test_usage_reports_the_saving_drafting_realised_on_held_seconds(deps, conn):
     # Spent 3 x 1 + 10 held seconds; the four generated segments at Production, priced at the
     # measured 10 s a Production job held, would have held 40.
     assert report["projects"] == {"studio": {"final_tier": "production", "held_seconds": 13.0,
-                                             "at_final_tier_seconds": 40.0, "saving": 0.675}}
+                                             "at_final_tier_seconds": 40.0, "saving": 0.675, "saving_reason": None}}
     assert report["fleet"] == {"workers": 0, "busy_seconds": 0.0, "alive_seconds": 0.0, "utilisation": None}
     # A job that did not say what it held leaves the saving unknown rather than flattered.
     _, [unmeasured] = _scene(conn, segments=1)

@@ -253,3 +253,35 @@ def test_an_upscale_whose_source_media_is_gone_still_renders_and_says_why_it_has
             f"the source segment's video s3://{gen_deps.bucket}/{source['outputs']['video']} is gone (expired or "
             "deleted), so it was not compared")
         assert segment["job"]["attempt"] == 1  # rendered on the first try, not failed and retried
+
+
+def test_the_noise_scheme_is_recorded_rendered_and_kept_by_every_upscale(gen_deps, conn):
+    """A scene submitted today draws consistent-v1 noise; a native scene (and every scene from
+    before the choice, which the migration made native) renders as it always did; each upscale
+    keeps its source's scheme, so the recipe, and its hash, stay identical."""
+    consistent = _generated_draft(gen_deps)
+    native = scenes.submit_scene(gen_deps, project="fox", name="as before", aspect="16:9", segments=SEGMENTS,
+                                 noise="native")
+    assert wait_for_scene(gen_deps, native)["status"] == "generated"
+    default = conn.execute("SELECT column_default FROM information_schema.columns "
+                           "WHERE table_name = 'segments' AND column_name = 'noise'").fetchone()["column_default"]
+    assert default.startswith("'native'")  # what rows written before the column got
+
+    drafts = {scheme: scenes.get_scene(conn, scene_id) for scheme, scene_id in
+              (("consistent-v1", consistent), ("native", native))}
+    for scheme, draft in drafts.items():
+        assert {s["recipe"]["noise"] for s in draft["segments"]} == {scheme}
+    # The same seeds and prompts, drawn by another scheme: the worker rendered other frames.
+    assert [s["outputs"]["sha256"] for s in drafts["native"]["segments"]] != [
+        s["outputs"]["sha256"] for s in drafts["consistent-v1"]["segments"]]
+    assert drafts["native"]["recipe_hash"] != drafts["consistent-v1"]["recipe_hash"]
+
+    for scheme, draft in drafts.items():
+        target_id = upscale.request_upscale(gen_deps, draft["scene_id"], "preview")
+        target = wait_for_scene(gen_deps, target_id)
+        assert target["status"] == "generated" and target["recipe_hash"] == draft["recipe_hash"]
+        assert [s["recipe"] for s in target["segments"]] == [s["recipe"] for s in draft["segments"]]
+        queued = [r["payload"]["data"]["recipe"]["noise"] for r in conn.execute(
+            "SELECT payload FROM outbox WHERE topic = 'generation.requested' "
+            "AND (payload -> 'data' ->> 'scene_id')::bigint = %s", [target_id])]
+        assert queued == [scheme] * len(SEGMENTS)  # what the worker was told to draw

@@ -20,6 +20,7 @@ const state = {
   filters: { project: "", tier: "", status: "" },
   selected: new Set(),      // scene ids ticked in the delivery panel
   preflight: null,          // last preflight answer for the current selection
+  estimates: new Map(),     // "scene id:tier" -> what that upscale would cost (GET …/upscale-estimate)
 };
 
 const $ = (id) => document.getElementById(id);
@@ -456,14 +457,16 @@ function sceneActions(scene, segment0) {
   const higher = state.tiers.filter((t) => rank !== null && t.sort_order > rank && !done.includes(t.name));
   // Only an approved scene is upscaled: re-generating what nobody approved is the cost drafting saves.
   if (canWrite() && scene.status === "approved" && higher.length) {
-    const select = el("select", { dataTestid: "upscale-tier", "aria-label": "Upscale to" },
+    const select = el("select", { dataTestid: "upscale-tier", "aria-label": "Upscale to",
+                                  onchange: () => loadEstimate(scene, select.value, true) },
       higher.map((t) => el("option", { value: t.name, selected: t.name === "production", text: t.label })));
     // The one click the workflow is about: approved drafts and previews go to Production.
     const prominent = ["draft", "preview"].includes(scene.tier) && higher.some((t) => t.name === "production");
-    actions.append(el("span", { class: "upscale" },
-      el("button", { type: "button", class: prominent ? "primary" : "", dataTestid: "upscale", text: "Upscale to",
-                     onclick: (e) => upscale(scene, select.value, e.target) }),
-      select));
+    const button = el("button", { type: "button", class: prominent ? "primary" : "", dataTestid: "upscale",
+                                  onclick: (e) => upscale(scene, select.value, e.currentTarget) });
+    actions.append(el("span", { class: "upscale" }, button, select));
+    showEstimate(button, scene, select.value);
+    loadEstimate(scene, select.value, false);
   }
   if (scene.upscaled_from_scene_id && segment0 && segment0.urls && segment0.urls.comparison) {
     actions.append(el("button", { type: "button", class: "link", dataTestid: "compare", text: "Compare",
@@ -501,6 +504,53 @@ async function retry(scene, button) {
     flash(err.message);
     button.disabled = false;
   }
+}
+
+// ---- upscale estimates -------------------------------------------------------------------------
+
+function approxSeconds(value) {
+  if (value >= 60) return `${(value / 60).toFixed(1)} min`;
+  return value >= 10 ? `${Math.round(value)} s` : `${value.toFixed(1)} s`;
+}
+
+// "Upscale to Production · ~42 s GPU": the device time the upscale should hold, once known; a
+// rough one (the tiers' speed factors, not a fit to measured jobs) says "est.".
+function showEstimate(button, scene, tierName) {
+  const tier = state.tiers.find((t) => t.name === tierName);
+  const estimate = state.estimates.get(`${scene.scene_id}:${tierName}`);
+  let text = `Upscale to ${tier ? tier.label : tierName}`;
+  button.title = "";
+  if (estimate && estimate.estimated_held_seconds !== null && estimate.estimated_held_seconds !== undefined) {
+    const device = (estimate.basis.device || "").includes("cuda") ? "GPU" : (estimate.basis.device || "device").toUpperCase();
+    const rough = estimate.basis.method === "fitted" ? "" : " (rough est.)";
+    text += ` · ~${approxSeconds(estimate.estimated_held_seconds)} ${device}${rough}`;
+    button.title = estimate.summary;
+  } else if (estimate && estimate.summary) {
+    button.title = estimate.summary; // no estimate: the reason
+  }
+  button.textContent = text;
+  button.dataset.estimate = estimate && estimate.basis ? estimate.basis.method || "none" : "";
+}
+
+// Fetch what upscaling the scene to the tier would cost (queues nothing), then label its button;
+// `fresh` asks again (the selector changed), otherwise a known answer is kept.
+async function loadEstimate(scene, tierName, fresh) {
+  const key = `${scene.scene_id}:${tierName}`;
+  const card = () => document.querySelector(`[data-testid=scene-card][data-scene-id="${scene.scene_id}"]`);
+  const relabel = () => {
+    const button = card() && card().querySelector('[data-testid="upscale"]');
+    const select = card() && card().querySelector('[data-testid="upscale-tier"]');
+    if (button && select && select.value === tierName) showEstimate(button, scene, tierName);
+  };
+  if (!fresh && state.estimates.has(key)) return relabel();
+  if (!fresh) state.estimates.set(key, null); // asked once while cards re-render
+  relabel();
+  try {
+    state.estimates.set(key, await api("GET", `/api/scenes/${scene.scene_id}/upscale-estimate?to=${encodeURIComponent(tierName)}`));
+  } catch (err) {
+    state.estimates.set(key, { summary: err.message }); // the upscale itself would say the same
+  }
+  relabel();
 }
 
 async function upscale(scene, targetTier, button) {
@@ -614,7 +664,7 @@ async function loadUsage() {
   $("usage-saving").replaceChildren(...projects.map(([name, p]) => el("li", { dataTestid: "usage-saving" },
     el("strong", { text: name }), ": ",
     p.saving === null || p.saving === undefined
-      ? "saving not measured yet"
+      ? (p.saving_reason ? `no saving: ${p.saving_reason}` : "saving not measured yet")
       : `${Math.round(100 * p.saving)}% less GPU time than iterating at ${p.final_tier || "the final tier"}`)));
 }
 
