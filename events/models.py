@@ -167,7 +167,7 @@ class UpscaleFailed(Event):
 # Generation
 
 
-NOISE_SCHEMES = ("consistent-v1", "native")  # shared.media.noise implements them
+NOISE_SCHEMES = ("consistent-v1", "native")  # shared.media.noise draws them
 NoiseScheme = Literal[NOISE_SCHEMES]
 
 

@@ -30,11 +30,10 @@ import hashlib
 
 import numpy as np
 
+from events.models import NOISE_SCHEMES as SCHEMES  # the recipe's contract names them; here they are drawn
 from shared.errors import InvalidInput
 
-NATIVE = "native"
-CONSISTENT_V1 = "consistent-v1"
-SCHEMES = (CONSISTENT_V1, NATIVE)
+CONSISTENT_V1, NATIVE = SCHEMES
 
 # Cells per side of the master grid. A grid may have at most one boundary inside a cell per axis,
 # so this is the largest latent side consistent-v1 serves (4096 pixels with an 8× VAE: 4K UHD is
